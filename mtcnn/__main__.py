@@ -1,0 +1,3 @@
+from mtcnn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Self-describing checkpoints, written atomically.
+
+A checkpoint is one ``torch.save`` file holding a plain dict:
+
+``format``
+    ``"mtcnn-checkpoint"``; ``format_version`` an int.
+``stage``
+    ``"pnet"``, ``"rnet"`` or ``"onet"``.
+``model``
+    the net's ``state_dict``.
+``config``
+    the resolved configuration as plain YAML-able data, so the checkpoint alone rebuilds its net.
+``versions``
+    the package, torch and Python versions that wrote it.
+
+Training adds ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``best_metric`` and the RNG
+states; a weights-only file (as shipped with the package) leaves them out. Only plain Python
+types and tensors go in, so that ``torch.load(..., weights_only=True)`` reads every file.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtcnn.errors import WeightsError
+from mtcnn.nets import STAGES
+
+CHECKPOINT_FORMAT = "mtcnn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def software_versions() -> dict[str, str]:
+    """Versions recorded in every checkpoint and run folder."""
+    from mtcnn import __version__
+
+    return {"mtcnn": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    A kill mid-write leaves the previous file (or none), never a truncated one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def make_checkpoint(stage: str, model: torch.nn.Module, config: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict for ``model``; ``extra`` adds training state (optimizer, epoch ...)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}")
+    state = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "stage": stage,
+        "model": state,
+        "config": config,
+        "versions": software_versions(),
+        **extra,
+    }
+
+
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded object is one of this project's checkpoints."""
+    return isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT
+
+
+def load_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True`` and a one-line error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        raise WeightsError(f"{path}: not a readable PyTorch file ({type(exc).__name__}: {exc})") from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate one of this project's checkpoints."""
+    obj = load_file(path, map_location)
+    if not is_checkpoint(obj):
+        raise WeightsError(f"{path}: not an mtcnn checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    if obj.get("format_version", 0) > CHECKPOINT_VERSION:
+        raise WeightsError(
+            f"{path}: checkpoint format {obj['format_version']} is newer than this mtcnn reads "
+            f"({CHECKPOINT_VERSION}); upgrade the package"
+        )
+    for key in ("stage", "model"):
+        if key not in obj:
+            raise WeightsError(f"{path}: checkpoint has no {key!r} entry")
+    if obj["stage"] not in STAGES:
+        raise WeightsError(f"{path}: unknown stage {obj['stage']!r} in checkpoint")
+    return obj

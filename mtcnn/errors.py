@@ -1,0 +1,25 @@
+"""Exceptions that carry a one-line message meant for the user.
+
+The command line prints ``error: <message>`` for these and exits non-zero, instead of a
+traceback; anything else escaping is a bug.
+"""
+
+
+class MtcnnError(Exception):
+    """Base class: bad input, files or settings, described in one line."""
+
+
+class ImageReadError(MtcnnError):
+    """An image file is missing, unreadable or corrupt."""
+
+
+class WeightsError(MtcnnError):
+    """A weights or checkpoint file is missing, of the wrong net, or malformed."""
+
+
+class ConfigError(MtcnnError):
+    """A configuration file or override is invalid."""
+
+
+class DataError(MtcnnError):
+    """An annotation file or prepared sample store is malformed."""

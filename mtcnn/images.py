@@ -1,0 +1,94 @@
+"""Reading images into RGB arrays, and turning any accepted image type into a tensor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Union
+
+import cv2
+import numpy as np
+import torch
+
+from mtcnn.errors import ImageReadError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+#: What :func:`to_pixel_tensor` accepts: an array, a tensor, a PIL image or a file path.
+ImageInput = Union[np.ndarray, torch.Tensor, str, Path, Any]
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file into ``uint8 [H, W, 3]`` RGB.
+
+    EXIF orientation is applied, grayscale is expanded to three channels, an alpha channel is
+    dropped and 16-bit images are scaled to 8 bits. Raises :class:`ImageReadError` naming the
+    file when it is missing or cannot be decoded.
+    """
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)  # np.fromfile, unlike cv2.imread, takes any path
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if image is None:
+        raise ImageReadError(f"{path}: not a decodable image (corrupt or unsupported format)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _array_to_rgb(array: np.ndarray, name: str) -> np.ndarray:
+    """``[H, W]``, ``[H, W, 1|3|4]`` arrays of uint8/uint16/float to ``[H, W, 3]`` (same dtype family)."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ImageReadError(f"{name}: expected an [H, W], [H, W, 3] or [H, W, 4] array, got shape {array.shape}")
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return array[:, :, :3]
+
+
+def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
+    """Any accepted image as a float tensor ``[3, H, W]`` of RGB values in ``[0, 255]``.
+
+    Accepted: numpy arrays ``[H, W, 3]`` RGB (or grayscale ``[H, W]``, RGBA), uint8, uint16 or
+    float in [0, 255]; torch tensors ``[3, H, W]`` RGB in the torchvision layout (uint8 or float in
+    [0, 255]); PIL images; and file paths (read with :func:`read_image`).
+    """
+    if isinstance(image, (str, Path)):
+        array = read_image(image)
+    elif isinstance(image, torch.Tensor):
+        if image.ndim == 2:
+            image = image[None]
+        if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
+            raise ImageReadError(f"{name}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
+        tensor = image[:3] if image.shape[0] != 1 else image.expand(3, -1, -1)
+        return tensor.to(torch.float32)
+    elif isinstance(image, np.ndarray):
+        array = _array_to_rgb(image, name)
+        if array.dtype == np.uint16:
+            array = (array.astype(np.float32) / 257.0)
+    elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
+        array = np.asarray(image.convert("RGB"))
+    else:
+        raise ImageReadError(f"{name}: unsupported image type {type(image).__name__}")
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32)
+
+
+def find_images(paths: list[str | Path]) -> list[Path]:
+    """Expand files, folders (recursively, image extensions only) and glob patterns, in order.
+
+    A pattern that matches nothing and a path that does not exist are kept as given, so the
+    caller reports them as missing files.
+    """
+    found: list[Path] = []
+    for entry in paths:
+        path = Path(entry)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+        elif any(char in str(entry) for char in "*?[") and not path.exists():
+            anchor = Path(path.anchor) if path.is_absolute() else Path(".")
+            pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(entry)
+            matches = sorted(p for p in anchor.glob(pattern) if p.is_file())
+            found.extend(matches if matches else [path])
+        else:
+            found.append(path)
+    return found

@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real-data kit is, and the nets with the original weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def kit_dir() -> Path:
+    """The real-data kit: $MTCNN_KIT, else ../shared/data beside the checkout, else data/."""
+    for candidate in (os.environ.get("MTCNN_KIT"), REPO.parent / "shared" / "data", REPO / "data"):
+        if candidate and (Path(candidate) / "widerface").is_dir():
+            return Path(candidate)
+    return REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def kit() -> Path:
+    path = kit_dir()
+    if not (path / "widerface").is_dir():
+        pytest.skip(f"real-data kit not found at {path} (set MTCNN_KIT)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_weights(kit: Path) -> Path:
+    return kit / "reference_weights" / "facenet_pytorch"
