@@ -1,0 +1,278 @@
+"""Typed, strict configuration loaded from YAML.
+
+Nested frozen dataclasses are the single source of names, types and defaults. :func:`load_config`
+reads YAML with ``yaml.safe_load`` and builds the dataclass tree, rejecting:
+
+- an unknown key, named by its dotted path with the closest valid names;
+- a value of the wrong type (``"0.1"`` where a float is wanted, a list where an int is);
+- a value out of its range, declared on the field with :func:`setting`.
+
+``--set key.path=value`` overrides (values parsed as YAML) apply before validation. The
+resolved config goes back to plain data with :func:`to_dict`, for the run folder and every
+checkpoint.
+
+A stage config file has the sections of :class:`StageConfig`: ``data`` (where datasets are),
+``prep`` (sample generation), ``mining`` (the earlier stages' detector settings for R-Net and
+O-Net data) and ``train``. Each concern owns its section's dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from mtcnn.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def setting(default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None,
+            low_open: bool = False, choices: Sequence[Any] | None = None, doc: str = "",
+            default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with a range (``low`` <= value <= ``high``; ``low_open`` makes it ``>``),
+    a set of ``choices`` and a one-line ``doc``, all checked by :func:`load_config`."""
+    metadata = {"low": low, "high": high, "low_open": low_open, "choices": choices, "doc": doc}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _convert(value: Any, annotation: Any, path: str) -> Any:
+    """Check ``value`` against a type annotation and convert it (lists to tuples, ints to floats)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _convert(value, option, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{path}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (tuple, list, Sequence) or annotation in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(item, arg, f"{path}[{i}]") for i, (item, arg) in enumerate(zip(value, args)))
+        item_type = args[0] if args else Any
+        return tuple(_convert(item, item_type, f"{path}[{i}]") for i, item in enumerate(value))
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, path)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if annotation is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{path}: expected a path, got {value!r}")
+        return Path(value)
+    raise TypeError(f"config field {path} has an unsupported type {annotation!r}")
+
+
+def _check_range(value: Any, field: dataclasses.Field, path: str) -> None:
+    meta = field.metadata
+    if value is None or not meta:
+        return
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        raise ConfigError(f"{path}: expected one of {', '.join(map(str, meta['choices']))}, got {value!r}")
+    values = value if isinstance(value, tuple) else (value,)
+    for item in values:
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        low, high = meta.get("low"), meta.get("high")
+        if low is not None and (item <= low if meta.get("low_open") else item < low):
+            bound = f"> {low}" if meta.get("low_open") else f">= {low}"
+            raise ConfigError(f"{path}: must be {bound}, got {item}")
+        if high is not None and item > high:
+            raise ConfigError(f"{path}: must be <= {high}, got {item}")
+
+
+def _build(cls: type[T], data: Any, path: str) -> T:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a mapping of settings, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in fields:
+            dotted = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"unknown key {dotted!r}{hint}")
+    values = {}
+    for name, field in fields.items():
+        dotted = f"{path}.{name}" if path else name
+        if name in data:
+            value = _convert(data[name], hints[name], dotted)
+        elif field.default is not dataclasses.MISSING:
+            value = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            value = field.default_factory()
+        elif dataclasses.is_dataclass(hints[name]):
+            value = _build(hints[name], {}, dotted)
+        else:
+            raise ConfigError(f"missing required key {dotted!r}")
+        _check_range(value, field, dotted)
+        values[name] = value
+    try:
+        return cls(**values)
+    except (ValueError, ConfigError) as exc:  # __post_init__ cross-field checks
+        raise ConfigError(f"{path or 'config'}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.optim.lr=0.01"`` -> ``(["train", "optim", "lr"], 0.01)``; the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set each ``key.path=value`` in a nested dict (copied), creating sections as needed."""
+    data = _deep_copy(data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for i, key in enumerate(keys[:-1]):
+            child = node.get(key)
+            if child is None:
+                child = node[key] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(keys[:i + 1])} is a value, not a section")
+            node = child
+        node[keys[-1]] = value
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {key: _deep_copy(value) for key, value in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(value) for value in data]
+    return data
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping from ``path``, with one-line errors naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type[T], data: Mapping[str, Any], overrides: Sequence[str] = ()) -> T:
+    """Build and validate ``cls`` from plain data plus ``key=value`` overrides."""
+    return _build(cls, apply_overrides(dict(data), overrides), "")
+
+
+def to_dict(config: Any) -> Any:
+    """A config dataclass as plain YAML-able data (tuples become lists, paths strings)."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(item) for item in config]
+    if isinstance(config, Path):
+        return str(config)
+    return config
+
+
+def write_config(config: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ------------------------------------------------------------------------------ the stage config
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the datasets are. Relative paths are relative to the working directory."""
+
+    wider_train_images: Path = setting(Path("data/widerface/WIDER_train/images"),
+                                       doc="WIDER FACE training images folder")
+    wider_train_annotations: Path = setting(Path("data/widerface/wider_face_split/wider_face_train_bbx_gt.txt"),
+                                            doc="WIDER FACE training boxes (*_bbx_gt.txt)")
+    wider_val_images: Path = setting(Path("data/widerface/WIDER_val/images"), doc="WIDER FACE validation images")
+    wider_val_annotations: Path = setting(Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt"),
+                                          doc="WIDER FACE validation boxes")
+    landmark_train_list: Path = setting(Path("data/landmarks/trainImageList.txt"),
+                                        doc="CNN_FacePoint-format landmark list for training")
+    landmark_val_list: Path = setting(Path("data/landmarks/testImageList.txt"),
+                                      doc="CNN_FacePoint-format landmark list for validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One stage's config file (``configs/pnet.yaml`` ...): the sections each command reads."""
+
+    stage: str = setting(choices=("pnet", "rnet", "onet"), doc="which net this file configures")
+    data: DataConfig = setting(default_factory=DataConfig)
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StageConfig:
+    """Read a stage config file, apply ``key=value`` overrides and validate everything.
+
+    Errors name the file and the dotted key, e.g. ``configs/pnet.yaml: unknown key 'train.lrr'``.
+    """
+    data = read_yaml(path)
+    try:
+        return build_config(StageConfig, data, overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
