@@ -24,7 +24,7 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 
@@ -45,6 +45,8 @@ def setting(default: Any = dataclasses.MISSING, *, low: float | None = None, hig
 
 
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(annotation)))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -258,12 +260,154 @@ class DataConfig:
                                       doc="CNN_FacePoint-format landmark list for validation")
 
 
+# ------------------------------------------------------------------------------ the train section
+
+#: Metrics a run can keep its best checkpoint by; the errors and losses are minimised.
+TRAIN_METRICS = ("val_loss", "val_accuracy", "val_recall", "val_precision", "val_f1", "val_box_error",
+                 "val_landmark_error", "train_loss")
+#: Task weights (classification, box, landmark) of the paper per stage.
+DEFAULT_TASK_WEIGHTS = {"pnet": (1.0, 0.5, 0.5), "rnet": (1.0, 0.5, 0.5), "onet": (1.0, 0.5, 1.0)}
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The optimizer: a name of the gradient-descent family and the settings it takes.
+
+    Unset (null) optimizer-specific settings mean the optimizer's default; setting one the
+    optimizer does not take (``momentum`` with ``adam``) is an error.
+    """
+
+    name: str = setting("momentum", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
+                        doc="optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
+    lr: float = setting(0.01, low=0.0, low_open=True, doc="base learning rate")
+    weight_decay: float = setting(0.0005, low=0.0, doc="L2 penalty (decoupled for adamw); not on 1-D params")
+    momentum: float | None = setting(None, low=0.0, high=1.0,
+                                     doc="momentum, nesterov (> 0, default 0.9), rmsprop (default 0)")
+    betas: tuple[float, float] | None = setting(None, low=0.0, high=1.0,
+                                                doc="adam, adamw: moment decay rates (default 0.9, 0.999)")
+    eps: float | None = setting(None, low=0.0, low_open=True, doc="adagrad, rmsprop, adam, adamw: denominator term")
+    alpha: float | None = setting(None, low=0.0, high=1.0, doc="rmsprop: squared-gradient decay (default 0.99)")
+
+    def __post_init__(self) -> None:
+        from mtcnn.optim import check_optimizer_settings
+
+        check_optimizer_settings(self.name, self.specific_settings())
+
+    def specific_settings(self) -> dict[str, Any]:
+        """The optimizer-specific settings that are set."""
+        values = {"momentum": self.momentum, "betas": self.betas, "eps": self.eps, "alpha": self.alpha}
+        return {key: value for key, value in values.items() if value is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig:
+    """The learning-rate schedule by name, with optional linear warm-up.
+
+    Unset (null) settings take the schedule's default; a setting the schedule does not take is
+    an error.
+    """
+
+    name: str = setting("cosine", choices=("constant", "step", "multistep", "exponential", "cosine", "plateau"),
+                        doc="constant, step, multistep, exponential, cosine or plateau")
+    warmup_steps: int = setting(0, low=0, doc="optimizer steps of linear warm-up (0: none)")
+    warmup_start_factor: float = setting(0.1, low=0.0, high=1.0, low_open=True,
+                                         doc="warm-up starts at this fraction of the rate")
+    gamma: float | None = setting(None, low=0.0, high=1.0, low_open=True,
+                                  doc="step, multistep, plateau: factor per decay (0.1); exponential: per epoch (0.9)")
+    step_epochs: int | None = setting(None, low=1, doc="step: epochs between decays")
+    milestones: tuple[int, ...] | None = setting(None, low=1, doc="multistep: epochs at which the rate decays")
+    min_lr_factor: float | None = setting(None, low=0.0, high=1.0, doc="cosine: final rate as a fraction (0)")
+    patience: int | None = setting(None, low=0, doc="plateau: epochs without improvement before a decay (2)")
+    threshold: float | None = setting(None, low=0.0, doc="plateau: relative improvement that counts (1e-4)")
+
+    def __post_init__(self) -> None:
+        from mtcnn.optim import check_schedule_settings
+
+        check_schedule_settings(self.name, self.specific_settings())
+
+    def specific_settings(self) -> dict[str, Any]:
+        """The schedule-specific settings that are set."""
+        names = ("gamma", "step_epochs", "milestones", "min_lr_factor", "patience", "threshold")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The three-part loss: classification with hard example mining, box and landmark regression."""
+
+    task_weights: tuple[float, float, float] | None = setting(
+        None, low=0.0, doc="weights of classification, box, landmark; null: the paper's (P, R 1/0.5/0.5; O 1/0.5/1)")
+    ohem_keep: float = setting(0.7, low=0.0, high=1.0, low_open=True,
+                               doc="fraction of the hardest classification losses kept per batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class RatioConfig:
+    """How many of each sample type a batch holds, relative to each other (integers)."""
+
+    negative: int = setting(3, low=0)
+    positive: int = setting(1, low=0)
+    part: int = setting(1, low=0)
+    landmark: int = setting(2, low=0)
+
+    def __post_init__(self) -> None:
+        if self.negative + self.positive + self.part + self.landmark == 0:
+            raise ValueError("ratio: at least one sample type needs a share > 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation done on the whole batch on the device."""
+
+    flip: bool = setting(True, doc="mirror half the crops left-right, with their targets")
+    brightness: float = setting(0.2, low=0.0, high=1.0, doc="brightness factor drawn from 1 +- this")
+    contrast: float = setting(0.2, low=0.0, high=1.0, doc="contrast factor drawn from 1 +- this")
+    saturation: float = setting(0.2, low=0.0, high=1.0, doc="saturation factor drawn from 1 +- this")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How ``train-pnet``/``train-rnet``/``train-onet`` train their net."""
+
+    train_store: Path | None = setting(None, doc="prepared training store; null: runs/prep/<stage>-train")
+    val_store: Path | None = setting(None, doc="prepared validation store; null: runs/prep/<stage>-val")
+    validate: bool = setting(True, doc="validate every epoch on val_store")
+    out_dir: Path | None = setting(None, doc="run folder (checkpoints, TensorBoard); null: runs/train/<stage>")
+    init_weights: Path | None = setting(None, doc="start from these weights (a checkpoint or original file)")
+    epochs: int = setting(20, low=1, doc="passes over the training data")
+    batch_size: int | Literal["full"] = setting(
+        384, low=1, doc="1: stochastic GD, N: mini-batch, full: full-batch GD over the whole store")
+    steps_per_epoch: int | None = setting(None, low=1, doc="mini-batch steps per epoch; null: store size / batch")
+    chunk_size: int = setting(8192, low=1, doc="samples per forward pass in full-batch mode and validation")
+    optim: OptimConfig = setting(default_factory=OptimConfig)
+    schedule: ScheduleConfig = setting(default_factory=ScheduleConfig)
+    loss: LossConfig = setting(default_factory=LossConfig)
+    ratio: RatioConfig = setting(default_factory=RatioConfig)
+    augment: AugmentConfig = setting(default_factory=AugmentConfig)
+    grad_clip_norm: float | None = setting(None, low=0.0, low_open=True, doc="clip the gradient norm (null: no)")
+    amp: bool = setting(True, doc="mixed precision on CUDA (ignored on the CPU)")
+    amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
+    store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")
+    best_metric: str = setting("val_loss", choices=TRAIN_METRICS, doc="metric choosing the best checkpoint")
+    early_stop_patience: int | None = setting(None, low=1,
+                                              doc="stop after this many epochs without a better best_metric")
+    seed: int = setting(0, low=0, doc="seeds the initial weights, batch order and augmentation")
+    log_every_steps: int = setting(50, low=1, doc="steps between TensorBoard scalars")
+    val_image_count: int = setting(16, low=0, doc="validation crops drawn into TensorBoard each epoch")
+
+    def __post_init__(self) -> None:
+        if not self.validate and self.best_metric != "train_loss":
+            raise ValueError(f"best_metric {self.best_metric!r} needs validate: true; with validate: false "
+                             "use best_metric: train_loss")
+
+
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage's config file (``configs/pnet.yaml`` ...): the sections each command reads."""
 
     stage: str = setting(choices=("pnet", "rnet", "onet"), doc="which net this file configures")
     data: DataConfig = setting(default_factory=DataConfig)
+    train: TrainConfig = setting(default_factory=TrainConfig)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StageConfig:
