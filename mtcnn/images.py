@@ -73,22 +73,29 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32)
 
 
-def find_images(paths: list[str | Path]) -> list[Path]:
+def expand_image_arguments(entries: list[str | Path]) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively, image extensions only) and glob patterns, in order.
 
-    A pattern that matches nothing and a path that does not exist are kept as given, so the
-    caller reports them as missing files.
+    Returns ``(path, name)`` pairs: ``name`` is the path below the folder it was found in (for a
+    folder argument) or the file name, for naming outputs. A pattern that matches nothing and a
+    path that does not exist are kept as given, so the caller reports them as missing files.
     """
-    found: list[Path] = []
-    for entry in paths:
+    found: list[tuple[Path, Path]] = []
+    for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()))
+            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+            found.extend((file, file.relative_to(path)) for file in files)
         elif any(char in str(entry) for char in "*?[") and not path.exists():
             anchor = Path(path.anchor) if path.is_absolute() else Path(".")
             pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(entry)
             matches = sorted(p for p in anchor.glob(pattern) if p.is_file())
-            found.extend(matches if matches else [path])
+            found.extend((match, Path(match.name)) for match in matches or [path])
         else:
-            found.append(path)
+            found.append((path, Path(path.name)))
     return found
+
+
+def find_images(entries: list[str | Path]) -> list[Path]:
+    """The image paths of :func:`expand_image_arguments`, without their names."""
+    return [path for path, _ in expand_image_arguments(entries)]

@@ -1,0 +1,140 @@
+"""Console entry points: ``mtcnn <command>`` and ``train-pnet``/``train-rnet``/``train-onet``.
+
+Thin by design: each command parses its options, calls the library and prints results. Errors
+the user can fix (a missing file, a bad config key) print as ``error: <one line>`` with exit
+status 2; a batch with some unreadable inputs finishes and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mtcnn.errors import MtcnnError
+
+log = logging.getLogger("mtcnn")
+
+
+# ------------------------------------------------------------------------------ shared options
+
+
+def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | None = None) -> None:
+    """The cascade options shared by every command that runs the detector."""
+    group = parser.add_argument_group("detector")
+    group.add_argument("--weights", type=Path, default=None,
+                       help=weights_help or "folder with pnet.pt, rnet.pt, onet.pt (this project's "
+                       "checkpoints or the original MTCNN weights); default: the weights shipped with the package")
+    group.add_argument("--min-face-size", type=float, default=20.0, metavar="N",
+                       help="smallest face side sought, in pixels (default 20)")
+    group.add_argument("--scale-factor", type=float, default=0.709, metavar="F",
+                       help="ratio between image pyramid levels (default 0.709)")
+    group.add_argument("--thresholds", type=float, nargs=3, default=(0.6, 0.7, 0.7), metavar=("P", "R", "O"),
+                       help="face probability thresholds of P-Net, R-Net, O-Net (default 0.6 0.7 0.7)")
+    group.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
+    group.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
+
+
+def detector_from_args(args: argparse.Namespace):
+    """An :class:`~mtcnn.detector.MTCNN` built from :func:`add_detector_options` options."""
+    from mtcnn.detector import MTCNN
+
+    try:
+        return MTCNN(weights=args.weights, min_face_size=args.min_face_size, scale_factor=args.scale_factor,
+                     thresholds=tuple(args.thresholds), device=args.device, batch_size=args.batch_size)
+    except ValueError as exc:  # bad option values: report them like any other user error
+        raise MtcnnError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------ mtcnn detect
+
+
+def _add_detect_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect", help="detect faces and landmarks in images",
+        description="Detect faces and five landmarks in image files, folders (recursively) or globs; "
+                    "write JSON and optionally drawings.")
+    parser.add_argument("paths", nargs="+", help="image files, folders or glob patterns")
+    add_detector_options(parser)
+    parser.add_argument("--output", type=Path, default=None, metavar="FILE.json",
+                        help="write the results here (default: print them to standard output)")
+    parser.add_argument("--save-images", type=Path, default=None, metavar="DIR",
+                        help="also save each image with its boxes and landmarks drawn, under DIR")
+    parser.set_defaults(run=_run_detect)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from mtcnn.batch_detect import detect_files, output_image_path, results_to_json, write_json
+    from mtcnn.draw import draw_faces, write_image
+    from mtcnn.images import expand_image_arguments
+
+    found = expand_image_arguments(args.paths)
+    if not found:
+        raise MtcnnError("no images found in " + " ".join(args.paths))
+    paths, names = [path for path, _ in found], dict(found)
+    detector = detector_from_args(args)
+    results = []
+    progress = tqdm(total=len(paths), unit="img", disable=len(paths) < 2 or None, desc="detect")
+    for result in detect_files(detector, paths, keep_images=args.save_images is not None):
+        if result.error is not None:
+            progress.write(f"error: {result.error}", file=sys.stderr)
+        elif args.save_images is not None:
+            drawing = draw_faces(result.image, result.faces.boxes, result.faces.landmarks, result.faces.scores)
+            write_image(output_image_path(names[result.path], args.save_images), drawing)
+            result = type(result)(result.path, result.width, result.height, result.faces)  # drop the pixels
+        results.append(result)
+        progress.update()
+    progress.close()
+    document = results_to_json(results)
+    if args.output is not None:
+        write_json(document, args.output)
+        faces = sum(len(image["faces"]) for image in document["images"])
+        log.info("%d faces in %d images written to %s", faces, len(document["images"]), args.output)
+    else:
+        json.dump(document, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    failed = len(document["errors"])
+    if failed:
+        print(f"error: {failed} of {len(paths)} images could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------------ entry points
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtcnn", description="MTCNN face detection: detect, prepare data, "
+                                     "train, evaluate.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_detect_parser(subparsers)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse ``argv``, run the chosen command, and turn user errors into one line and a status."""
+    args = parser.parse_args(argv)
+    _configure_logging(getattr(args, "verbose", False))
+    try:
+        return args.run(args)
+    except MtcnnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``mtcnn`` console script."""
+    return run_command(build_parser(), argv)

@@ -1,0 +1,66 @@
+"""Drawing boxes and landmarks onto images, for `detect --save-images`, sample grids and TensorBoard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+#: RGB colours of the five landmark points: left eye, right eye, nose, left and right mouth corner.
+POINT_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 220, 0), (255, 64, 255), (0, 230, 230))
+BOX_COLOUR = (0, 255, 0)
+
+
+def draw_faces(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray | None = None,
+    scores: np.ndarray | None = None,
+    colour: tuple[int, int, int] = BOX_COLOUR,
+) -> np.ndarray:
+    """A copy of ``image`` (``uint8 [H, W, 3]`` RGB) with ``boxes [K, 4]`` x1 y1 x2 y2, optional
+    ``landmarks [K, 5, 2]`` (NaN points are skipped) and ``scores [K]`` drawn on it.
+
+    Line widths scale with the image so the marks stay visible on large photos and small crops.
+    """
+    canvas = np.ascontiguousarray(image.copy())
+    thickness = max(1, round(max(canvas.shape[:2]) / 400))
+    radius = max(1, thickness + 1)
+    for k, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
+        if scores is not None:
+            label = f"{float(scores[k]):.2f}"
+            scale = 0.35 * thickness
+            cv2.putText(canvas, label, (x1, max(0, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                        max(1, thickness // 2), cv2.LINE_AA)
+        if landmarks is not None:
+            for point, point_colour in zip(np.asarray(landmarks[k], dtype=np.float64), POINT_COLOURS):
+                if np.all(np.isfinite(point)):
+                    cv2.circle(canvas, (int(round(point[0])), int(round(point[1]))), radius, point_colour, -1)
+    return canvas
+
+
+def tile_images(tiles: list[np.ndarray], columns: int, gap: int = 2) -> np.ndarray:
+    """Arrange equally sized ``uint8 [h, w, 3]`` tiles in a grid with ``columns`` per row."""
+    if not tiles:
+        raise ValueError("no tiles to arrange")
+    height, width = tiles[0].shape[:2]
+    rows = -(-len(tiles) // columns)
+    grid = np.full((rows * (height + gap) + gap, columns * (width + gap) + gap, 3), 255, np.uint8)
+    for index, tile in enumerate(tiles):
+        row, col = divmod(index, columns)
+        top, left = gap + row * (height + gap), gap + col * (width + gap)
+        grid[top:top + height, left:left + width] = tile
+    return grid
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write an RGB ``uint8`` image with OpenCV (format from the extension), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write image")
+    tmp.replace(path)
