@@ -13,8 +13,10 @@ A checkpoint is one ``torch.save`` file holding a plain dict:
 ``versions``
     the package, torch and Python versions that wrote it.
 
-Training adds ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``best_metric`` and the RNG
-states; a weights-only file (as shipped with the package) leaves them out. Only plain Python
+Training adds ``training`` (:func:`training_state`): the optimizer, LR schedule and gradient
+scaler states, the epochs done, the optimizer steps taken, the best metric so far and the
+per-epoch history. Batch order and augmentation are seeded by epoch, so these are all a resumed
+run needs to continue exactly. A weights-only file (as shipped with the package) leaves them out. Only plain Python
 types and tensors go in, so that ``torch.load(..., weights_only=True)`` reads every file.
 """
 
@@ -109,3 +111,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if obj["stage"] not in STAGES:
         raise WeightsError(f"{path}: unknown stage {obj['stage']!r} in checkpoint")
     return obj
+
+
+#: Entries of a checkpoint's ``training`` dict that resuming needs.
+TRAINING_KEYS = ("optimizer", "schedule", "scaler", "epoch", "step", "best", "history")
+
+
+def training_state(checkpoint: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The ``training`` dict of a checkpoint written by a training run, checked for resuming.
+
+    Raises :class:`WeightsError` naming ``path`` for a weights-only file or a missing entry.
+    """
+    state = checkpoint.get("training")
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: holds weights only, no training state to resume from")
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    if missing:
+        raise WeightsError(f"{path}: training state lacks {', '.join(missing)}; cannot resume from it")
+    return state

@@ -105,6 +105,67 @@ def _run_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ training
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, metavar="YAML",
+                        help="stage config file, e.g. configs/pnet.yaml (default with --resume: the config "
+                        "saved in the checkpoint)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. train.optim.lr=0.01 (the 'train.' may be left out)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="CKPT",
+                        help="continue exactly from this checkpoint (last.pt of an earlier run)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
+    parser.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
+                        help="run folder for checkpoints, config and TensorBoard logs (default: train.out_dir, "
+                        "or the checkpoint's folder with --resume)")
+
+
+def _add_train_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train P-Net, R-Net or O-Net on a prepared store",
+        description="Train one net of the cascade on its prepared sample store, as its config says "
+                    "(the same as train-pnet, train-rnet, train-onet; this form suits torchrun).")
+    parser.add_argument("stage", choices=("pnet", "rnet", "onet"), help="which net to train")
+    _add_train_options(parser)
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from mtcnn.engine import load_train_config, run_training
+
+    config = load_train_config(args.stage, args.config, args.overrides, args.resume)
+    result = run_training(config, device=args.device, out_dir=args.out_dir, resume=args.resume)
+    if result.best_value is not None:
+        log.info("%s: %d epochs; best %s %.5g at epoch %d; checkpoints in %s", config.stage, result.epochs_done,
+                 result.best_metric, result.best_value, result.best_epoch, result.out_dir)
+    return 0
+
+
+def _train_command(stage: str, argv: list[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog=f"train-{stage}", description=f"Train {stage} on its prepared sample store.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    _add_train_options(parser)
+    parser.set_defaults(run=_run_train, stage=stage)
+    return run_command(parser, argv)
+
+
+def train_pnet(argv: list[str] | None = None) -> int:
+    """``train-pnet`` console script."""
+    return _train_command("pnet", argv)
+
+
+def train_rnet(argv: list[str] | None = None) -> int:
+    """``train-rnet`` console script."""
+    return _train_command("rnet", argv)
+
+
+def train_onet(argv: list[str] | None = None) -> int:
+    """``train-onet`` console script."""
+    return _train_command("onet", argv)
+
+
 # ------------------------------------------------------------------------------ entry points
 
 
@@ -114,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_detect_parser(subparsers)
+    _add_train_parser(subparsers)
     return parser
 
 
