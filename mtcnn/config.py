@@ -1,7 +1,7 @@
 """Typed, strict configuration loaded from YAML.
 
 Nested frozen dataclasses are the single source of names, types and defaults. :func:`load_config`
-reads YAML with ``yaml.safe_load`` and builds the dataclass tree, rejecting:
+reads YAML with a safe loader (``1e-3`` read as a number) and builds the dataclass tree, rejecting:
 
 - an unknown key, named by its dotted path with the closest valid names;
 - a value of the wrong type (``"0.1"`` where a float is wanted, a list where an int is);
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,6 +32,25 @@ import yaml
 from mtcnn.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a number: YAML 1.1 wants ``1.0e-3`` and
+    would hand a learning rate written the usual way over as the string ``'1e-3'``."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 def setting(default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None,
@@ -166,7 +186,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({exc.problem})") from None
     return key.strip().split("."), value
@@ -203,7 +223,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -324,9 +324,15 @@ class Trainer:
         norm = self._finish_step(compute_norm)
         return row, norm
 
-    def _check_finite(self, rows: list[torch.Tensor], first_step: int, epoch: int) -> None:
-        """Raise :class:`NonFiniteLossError` for the first step among ``rows`` (steps
-        ``first_step`` ...) whose loss is not finite, on every rank together."""
+    def _last_good(self) -> str:
+        last = self.out_dir / LAST_CHECKPOINT if self.out_dir is not None else None
+        if last is not None and last.is_file():
+            return f"the last good checkpoint is {last} (epoch {self.epoch})"
+        return "no checkpoint was written before it"
+
+    def _check_finite(self, rows: list[torch.Tensor], first_index: int, steps: int, epoch: int) -> None:
+        """Raise :class:`NonFiniteLossError` for the first of the latest steps (``rows``, the
+        epoch's steps ``first_index`` ...) whose loss is not finite, on every rank together."""
         table = torch.stack(rows).float()
         bad = ~torch.isfinite(table[:, 0])
         flag = bad.any().to(torch.int32)
@@ -338,24 +344,19 @@ class Trainer:
             index = int(torch.nonzero(bad)[0])
             values = table[index].tolist()
             parts = ", ".join(f"{name}={value:.6g}" for name, value in zip(_STEP_COLUMNS[:4], values))
-            where = f"step {first_step + index + 1} (epoch {epoch + 1})"
+            global_step = self.step - len(rows) + index + 1
+            where = f"step {global_step} (epoch {epoch + 1}, batch {first_index + index + 1} of {steps})"
         else:
             parts, where = "on another rank", f"epoch {epoch + 1}"
-        last = self.out_dir / LAST_CHECKPOINT if self.out_dir is not None else None
-        kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last is not None and last.is_file()
-                else "no checkpoint was written before it")
-        raise NonFiniteLossError(f"non-finite loss at {where}: {parts}; stopped, {kept}. Lower train.optim.lr, "
-                                 "add train.grad_clip_norm or check the store")
+        raise NonFiniteLossError(f"non-finite loss at {where}: {parts}; stopped, {self._last_good()}. "
+                                 "Lower train.optim.lr, add train.grad_clip_norm or check the store")
 
     def _check_weights_finite(self, epoch: int) -> None:
         """The last step's loss was finite but its update may not have been: never save such weights."""
         if all(bool(torch.isfinite(parameter).all()) for parameter in self.net.parameters()):
             return
-        last = self.out_dir / LAST_CHECKPOINT if self.out_dir is not None else None
-        kept = (f"the last good checkpoint is {last} (epoch {self.epoch})" if last is not None and last.is_file()
-                else "no checkpoint was written before it")
         raise NonFiniteLossError(f"the weights became non-finite at the end of epoch {epoch + 1} (step {self.step}); "
-                                 f"stopped, {kept}. Lower train.optim.lr or add train.grad_clip_norm")
+                                 f"stopped, {self._last_good()}. Lower train.optim.lr or add train.grad_clip_norm")
 
     def _log_interval(self, rows: list[torch.Tensor], norm: torch.Tensor | None, seconds: float,
                       progress_bar) -> None:
@@ -405,7 +406,7 @@ class Trainer:
             epoch_loss += row[0]
             progress_bar.update()
             if log_now:
-                self._check_finite(rows, first_step, epoch)
+                self._check_finite(rows, first_step, steps, epoch)
                 self._log_interval(rows, norm, time.perf_counter() - started, progress_bar)
                 rows, first_step, started = [], index + 1, time.perf_counter()
         progress_bar.close()

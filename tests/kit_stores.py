@@ -2,7 +2,7 @@
 
 A deliberately plain cutter (not the prep pipeline): square windows around WIDER FACE boxes,
 jittered until their IoU with the face makes them positives (>= 0.65) or part faces
-(0.4 .. 0.65), random windows overlapping no face (IoU < 0.3) as negatives, and windows
+(0.4 .. 0.65), random windows (12 to 120 px) overlapping no face (IoU < 0.3) as negatives, and windows
 around the landmark set's faces with their five points. Crops are resampled with
 :func:`mtcnn.boxes.crop_and_resize`, as the detector does.
 """
@@ -22,7 +22,8 @@ from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITI
 
 
 def _pixels(path: Path) -> torch.Tensor:
-    return torch.from_numpy(read_image(path)).permute(2, 0, 1).float()
+    """``uint8 [3, H, W]``; only the regions cut out are made float."""
+    return torch.from_numpy(read_image(path)).permute(2, 0, 1)
 
 
 def _crop(pixels: torch.Tensor, window: np.ndarray, size: int) -> torch.Tensor:
@@ -33,9 +34,9 @@ def _crop(pixels: torch.Tensor, window: np.ndarray, size: int) -> torch.Tensor:
     corners = np.floor(window).astype(int)
     x0, y0 = min(max(corners[0], 0), width), min(max(corners[1], 0), height)
     x1, y1 = min(max(corners[2] + 1, x0), width), min(max(corners[3] + 1, y0), height)
-    region = pixels[:, y0:y1, x0:x1]
+    region = pixels[:, y0:y1, x0:x1].float()
     if region.numel() == 0:
-        region = pixels.new_zeros((3, 1, 1))
+        region = torch.zeros((3, 1, 1))
     shifted = torch.from_numpy(window - np.array([x0, y0, x0, y0], dtype=window.dtype))
     return crop_and_resize(region, shifted[None], size)
 
@@ -89,7 +90,7 @@ def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) ->
         for _ in range(40):
             if made[LABEL_NEGATIVE] >= wanted[LABEL_NEGATIVE]:
                 break
-            side = rng.uniform(size, max(size + 1, min(height, width) / 2))
+            side = rng.uniform(size, max(size + 1, min(height, width, 240) / 2))
             x, y = rng.uniform(0, width - side), rng.uniform(0, height - side)
             window = np.array([[x, y, x + side, y + side]], dtype=np.float32)
             if float(pairwise_iou(torch.from_numpy(window), all_faces).max()) < 0.3:
