@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -137,7 +138,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     config = load_train_config(args.stage, args.config, args.overrides, args.resume)
     result = run_training(config, device=args.device, out_dir=args.out_dir, resume=args.resume)
-    if result.best_value is not None:
+    if result.best_value is not None and int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         log.info("%s: %d epochs; best %s %.5g at epoch %d; checkpoints in %s", config.stage, result.epochs_done,
                  result.best_metric, result.best_value, result.best_epoch, result.out_dir)
     return 0

@@ -156,7 +156,9 @@ class Trainer:
         self.stage = stage
         self.config = config
         self.device = torch.device(device)
-        self.net = net.to(self.device)
+        # Batches arrive channels-last (a view of the store's NHWC crops); weights in the same
+        # layout give gradients in it too, which DDP's buckets and the convolutions expect.
+        self.net = net.to(self.device, memory_format=torch.channels_last)
         self.distributed = distributed
         self.model: nn.Module = net
         if distributed.active:
@@ -410,6 +412,9 @@ class Trainer:
                 self._log_interval(rows, norm, time.perf_counter() - started, progress_bar)
                 rows, first_step, started = [], index + 1, time.perf_counter()
         progress_bar.close()
+        if self.distributed.active:  # every rank must see the same train_loss (best, early stop)
+            dist.all_reduce(epoch_loss)
+            epoch_loss /= self.distributed.world_size
         return float(epoch_loss) / steps
 
     # -------------------------------------------------------------------------- validation
@@ -515,8 +520,9 @@ class Trainer:
                 self.save(BEST_CHECKPOINT)
             patience = config.early_stop_patience
             if patience is not None and self.epochs_without_improvement >= patience and self.epoch < config.epochs:
-                log.info("early stop: %s did not improve for %d epochs (best %.5g at epoch %d)", config.best_metric,
-                         patience, self.best_value, self.best_epoch)
+                if self.distributed.is_main:
+                        log.info("early stop: %s did not improve for %d epochs (best %.5g at epoch %d)",
+                             config.best_metric, patience, self.best_value, self.best_epoch)
                 stopped_early = True
                 break
         self._log_hparams()
@@ -669,8 +675,9 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
 
     train_data = tensors(train_store)
     val_data = tensors(val_store) if val_store is not None else None
-    log.info("%s: %d training samples %s from %s%s", config.stage, len(train_data), train_store.counts(), train_path,
-             f", {len(val_data)} validation samples from {val_path}" if val_data is not None else "")
+    if distributed.is_main:
+        log.info("%s: %d training samples %s from %s%s", config.stage, len(train_data), train_store.counts(), train_path,
+                 f", {len(val_data)} validation samples from {val_path}" if val_data is not None else "")
 
     torch.manual_seed(train.seed)
     net = build_net(config.stage)
@@ -682,7 +689,8 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
                       distributed, show_progress)
     if checkpoint is not None:
         trainer.load_state_dict(checkpoint, resume)
-        log.info("resuming %s from %s after epoch %d", config.stage, resume, trainer.epoch)
+        if distributed.is_main:
+            log.info("resuming %s from %s after epoch %d", config.stage, resume, trainer.epoch)
     result = trainer.fit()
     if distributed.active:
         dist.barrier()
