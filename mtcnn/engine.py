@@ -695,3 +695,48 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
     if distributed.active:
         dist.barrier()
     return result
+
+
+# ------------------------------------------------------------------------------ throughput
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_throughput(trainer: Trainer, steps: int = 50, repeats: int = 5, warmup: int = 20) -> dict[str, float]:
+    """Training speed of ``trainer``'s mini-batch steps, data handling included.
+
+    Runs ``warmup`` steps, then ``repeats`` timed runs of ``steps`` steps each; returns the
+    median ``samples_per_s`` over the runs, and ``data_fraction``: the median time of gathering
+    and augmenting a batch alone over the median time of a whole step.
+    """
+    if trainer.planner.full_batch:
+        raise ValueError("measure_throughput times mini-batch steps; give an integer batch_size")
+    plan = trainer.planner.epoch_plan(0)
+    trainer.augmenter.reseed(0, 0)
+    device = trainer.device
+    batch_size = plan.shape[1]
+
+    def rows(count: int, offset: int):
+        return (plan[(offset + k) % plan.shape[0]] for k in range(count))
+
+    for indices in rows(warmup, 0):
+        trainer.train_step(trainer.next_batch(indices))
+    step_times, data_times = [], []
+    for repeat in range(repeats):
+        _synchronize(device)
+        started = time.perf_counter()
+        for indices in rows(steps, repeat * steps):
+            trainer.train_step(trainer.next_batch(indices))
+        _synchronize(device)
+        step_times.append((time.perf_counter() - started) / steps)
+        started = time.perf_counter()
+        for indices in rows(steps, repeat * steps):
+            trainer.next_batch(indices)
+        _synchronize(device)
+        data_times.append((time.perf_counter() - started) / steps)
+    step_time, data_time = float(np.median(step_times)), float(np.median(data_times))
+    return {"samples_per_s": batch_size / step_time, "step_ms": 1000 * step_time, "data_fraction": data_time / step_time,
+            "batch_size": float(batch_size)}
