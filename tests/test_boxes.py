@@ -161,3 +161,11 @@ def test_crop_and_resize_equals_torch_area_interpolation_inside_the_image():
     expected = F.interpolate(image[None, :, 7:56, 5:54], size=(24, 24), mode="area")[0]
     assert torch.allclose(crop, expected, atol=1e-3)
     assert B.crop_and_resize(image, torch.zeros((0, 4)), 24).shape == (0, 3, 24, 24)
+
+
+def test_integral_image_paths_agree():
+    image = torch.rand((3, 17, 23), generator=torch.Generator().manual_seed(7)) * 255
+    table = B.integral_image(image)
+    assert table.shape == (18, 24, 3) and table.dtype == torch.float64
+    assert torch.allclose(table, B.integral_image_torch(image))
+    assert torch.allclose(table[-1, -1], image.double().sum(dim=(1, 2)))
