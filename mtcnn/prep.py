@@ -116,15 +116,15 @@ def box_targets(windows: np.ndarray, faces: np.ndarray) -> np.ndarray:
 
 
 def integral_table(image: np.ndarray) -> torch.Tensor:
-    """Summed-area table ``[3, H + 1, W + 1]`` of a ``uint8 [H, W, 3]`` image, as
-    :func:`mtcnn.boxes.integral_image` computes it but with OpenCV's far faster ``integral``.
+    """Summed-area table ``[H + 1, W + 1, 3]`` of a ``uint8 [H, W, 3]`` image, as
+    :func:`mtcnn.boxes.integral_image` computes it, but straight from the uint8 pixels.
 
-    The sums are integers, so int32 (or float64 for images too large for it) holds them exactly
-    and :func:`mtcnn.boxes.crop_and_resize` gives bit-identical crops from either table.
+    The sums are integers, so int32 (float64 for images too large for it) holds them exactly and
+    :func:`mtcnn.boxes.crop_and_resize` gives bit-identical crops from either table.
     """
     height, width = image.shape[:2]
     depth = cv2.CV_32S if height * width * 255 < 2**31 else cv2.CV_64F
-    return torch.from_numpy(cv2.integral(np.ascontiguousarray(image), sdepth=depth)).permute(2, 0, 1)
+    return torch.from_numpy(cv2.integral(np.ascontiguousarray(image), sdepth=depth))
 
 
 def cut_crops(image: np.ndarray, windows: np.ndarray, size: int, integral: torch.Tensor | None = None) -> np.ndarray:

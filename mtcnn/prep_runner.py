@@ -46,6 +46,7 @@ from mtcnn.store import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     SHARDS_DIR,
+    complete_shard_meta,
     finish_store,
     read_shard_meta,
     remove_temporary_shards,
@@ -301,7 +302,7 @@ def _run_shard_single_threaded(job: PrepJob, task: ShardTask) -> dict[str, Any]:
 
 
 def _shard_is_done(out: Path, task: ShardTask, job_fingerprint: str) -> bool:
-    meta = read_shard_meta(out, task.index)
+    meta = complete_shard_meta(out, task.index)
     return (meta is not None and meta.get("fingerprint") == job_fingerprint and meta.get("start") == task.start
             and meta.get("source") == task.source and meta.get("digest") == _task_digest(task))
 
