@@ -199,6 +199,7 @@ def _add_bench_parser(subparsers) -> None:
     detect.add_argument("--device", default="auto")
     detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
     detect.set_defaults(run=_run_bench_detect)
+    _add_bench_prep_parser(benches)
 
 
 def _run_bench_detect(args: argparse.Namespace) -> int:
@@ -211,6 +212,46 @@ def _run_bench_detect(args: argparse.Namespace) -> int:
     rows = bench_detect(args.weights, images, args.min_face_sizes, args.batch_sizes, args.repeats, args.device,
                         compare_facenet=not args.no_compare)
     print(format_detect_table(rows, machine_description(resolve_device(args.device)), len(images), args.repeats))
+    return 0
+
+
+def _add_bench_prep_parser(benches) -> None:
+    prep = benches.add_parser("prep", help="sample preparation wall time and crops/s on the train set",
+                              description="Prepare a whole train set from scratch several times (into a scratch "
+                                          "folder, deleted afterwards) and print median wall time, crops/s and "
+                                          "CPU seconds.")
+    prep.add_argument("--stage", choices=("pnet", "rnet", "onet"), default="pnet")
+    prep.add_argument("--config", type=Path, default=None, help="stage config (default configs/STAGE.yaml)")
+    prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value (repeatable)")
+    prep.add_argument("--pnet", type=Path, default=None, metavar="CKPT", help="P-Net weights (rnet, onet)")
+    prep.add_argument("--rnet", type=Path, default=None, metavar="CKPT", help="R-Net weights (onet)")
+    prep.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+                      help="worker counts to time (default: one per CPU core)")
+    prep.add_argument("--repeats", type=int, default=3, help="timed runs per worker count (default 3)")
+    prep.add_argument("--device", default="cpu", help="device of the mining nets (default cpu)")
+    prep.add_argument("--scratch", type=Path, default=None, metavar="DIR",
+                      help="where the temporary stores go (default: the system's temporary folder)")
+    prep.set_defaults(run=_run_bench_prep)
+
+
+def _run_bench_prep(args: argparse.Namespace) -> int:
+    from mtcnn.bench import machine_description
+    from mtcnn.config import load_config
+    from mtcnn.prep_bench import bench_prep, format_prep_table
+    from mtcnn.prep_runner import default_workers
+
+    config = load_config(args.config or Path(f"configs/{args.stage}.yaml"), args.overrides)
+    needs = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}[args.stage]
+    missing = [f"--{net}" for net in needs if getattr(args, net) is None]
+    if missing:
+        raise MtcnnError(f"bench prep --stage {args.stage} needs {' and '.join(missing)}")
+    if args.repeats < 1:
+        raise MtcnnError(f"--repeats must be at least 1, got {args.repeats}")
+    workers = args.workers or [default_workers()]
+    rows = bench_prep(args.stage, config, workers, args.repeats, {net: getattr(args, net) for net in needs},
+                      args.device, args.scratch)
+    print(format_prep_table(rows, machine_description(args.device), args.repeats))
     return 0
 
 
