@@ -8,6 +8,7 @@ A store is a folder::
     shards/00000/boxes.npy    float32 [n, 4]        (true box - crop) / crop side, x1 y1 x2 y2
     shards/00000/landmarks.npy float32 [n, 10]      x1 y1 ... x5 y5 in [0, 1] of the crop
     shards/00000/shard.json   what the shard holds and which inputs it covers
+    shards/00000/<extra>.npy  optional per-sample arrays ``[n, ...]`` (e.g. where each crop came from)
     shards/00001/...
 
 Each shard is written into a hidden temporary folder and renamed into place when complete, so a
@@ -110,19 +111,27 @@ def check_sample_arrays(images: np.ndarray, labels: np.ndarray, boxes: np.ndarra
 
 
 def write_shard(store_dir: str | Path, index: int, size: int, images: np.ndarray, labels: np.ndarray,
-                boxes: np.ndarray, landmarks: np.ndarray, meta: Mapping[str, Any] | None = None) -> Path:
+                boxes: np.ndarray, landmarks: np.ndarray, meta: Mapping[str, Any] | None = None,
+                extras: Mapping[str, np.ndarray] | None = None) -> Path:
     """Write shard ``index`` of a store of ``size`` px crops, atomically; returns its folder.
 
     Arrays: ``images uint8 [n, size, size, 3]``, ``labels int8 [n]``, ``boxes float32 [n, 4]``,
-    ``landmarks float32 [n, 10]``. ``meta`` (JSON-able) is saved beside them, with the counts.
-    The arrays go into a hidden temporary folder which is renamed to ``shards/<index>`` when every
-    file is flushed; an existing shard of that index is replaced.
+    ``landmarks float32 [n, 10]``; ``extras`` are further per-sample arrays ``[n, ...]`` by name
+    (read back with :meth:`SampleStore.extra`). ``meta`` (JSON-able) is saved beside them, with the
+    counts. Everything goes into a hidden temporary folder which is renamed to ``shards/<index>``
+    when every file is flushed; an existing shard of that index is replaced.
     """
     images = np.ascontiguousarray(images)
     labels = np.ascontiguousarray(labels)
     boxes = np.ascontiguousarray(boxes)
     landmarks = np.ascontiguousarray(landmarks)
     count = check_sample_arrays(images, labels, boxes, landmarks, size, f"shard {index}")
+    extras = {name: np.ascontiguousarray(array) for name, array in (extras or {}).items()}
+    for name, array in extras.items():
+        if name in ARRAY_NAMES or not name.isidentifier():
+            raise ValueError(f"extra array name {name!r} is reserved or not an identifier")
+        if array.ndim < 1 or array.shape[0] != count:
+            raise DataError(f"shard {index}: extra array {name} has shape {list(array.shape)}, expected {count} rows")
     shards = Path(store_dir) / SHARDS_DIR
     shards.mkdir(parents=True, exist_ok=True)
     final = shards / shard_name(index)
@@ -130,12 +139,13 @@ def write_shard(store_dir: str | Path, index: int, size: int, images: np.ndarray
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    for name, array in zip(ARRAY_NAMES, (images, labels, boxes, landmarks)):
+    for name, array in [*zip(ARRAY_NAMES, (images, labels, boxes, landmarks)), *extras.items()]:
         with open(tmp / f"{name}.npy", "wb") as handle:
             np.save(handle, array)
             handle.flush()
             os.fsync(handle.fileno())
-    shard_meta = {"index": index, "count": count, "counts": label_counts(labels), **dict(meta or {})}
+    shard_meta = {"index": index, "count": count, "counts": label_counts(labels), "extras": sorted(extras),
+                  **dict(meta or {})}
     _write_json(tmp / SHARD_META_NAME, shard_meta)
     if final.exists():
         shutil.rmtree(final)
@@ -152,6 +162,27 @@ def read_shard_meta(store_dir: str | Path, index: int) -> dict[str, Any] | None:
         return _read_json(path, "shard metadata")
     except DataError:
         return None
+
+
+def complete_shard_meta(store_dir: str | Path, index: int) -> dict[str, Any] | None:
+    """The metadata of shard ``index`` if the shard is whole: its ``shard.json`` readable and
+    every array file it lists present, untruncated and of its sample count; else None.
+
+    Shards are renamed into place only when complete, but a file can still be damaged or
+    removed afterwards; preparation redoes such a shard instead of trusting its metadata.
+    """
+    meta = read_shard_meta(store_dir, index)
+    if meta is None or not isinstance(meta.get("count"), int):
+        return None
+    folder = Path(store_dir) / SHARDS_DIR / shard_name(index)
+    for name in (*ARRAY_NAMES, *meta.get("extras", [])):
+        try:
+            array = _load_array(folder / f"{name}.npy", mmap=True)
+        except DataError:
+            return None
+        if array.ndim < 1 or array.shape[0] != meta["count"]:
+            return None
+    return meta
 
 
 def remove_temporary_shards(store_dir: str | Path) -> None:
@@ -189,6 +220,7 @@ def finish_store(store_dir: str | Path, stage: str, shard_indices: Sequence[int]
         "count": sum(shard["count"] for shard in shards),
         "counts": total,
         "shards": shards,
+        "extras": read_shard_meta(store_dir, shard_indices[0]).get("extras", []) if shard_indices else [],
     })
     _write_json(store_dir / MANIFEST_NAME, manifest)
     return manifest
@@ -236,6 +268,7 @@ class SampleStore:
     labels: np.ndarray
     boxes: np.ndarray
     landmarks: np.ndarray
+    _mmap: bool = True
 
     @property
     def stage(self) -> str:
@@ -251,6 +284,21 @@ class SampleStore:
     def counts(self) -> dict[str, int]:
         """Samples per label name, from the labels themselves."""
         return label_counts(self.labels)
+
+    def extra(self, name: str) -> np.ndarray:
+        """An extra per-sample array ``[N, ...]`` written with the shards (e.g. ``origin``,
+        ``window``, ``transform`` from preparation); :class:`DataError` when the store has none."""
+        if name not in self.manifest.get("extras", []):
+            raise DataError(f"{self.path}: the store has no {name!r} array (it has: "
+                            f"{', '.join(self.manifest.get('extras', [])) or 'none'})")
+        parts = []
+        for shard in self.manifest["shards"]:
+            array = _load_array(self.path / SHARDS_DIR / shard["name"] / f"{name}.npy", self._mmap)
+            if array.ndim < 1 or array.shape[0] != shard["count"]:
+                raise DataError(f"{self.path / SHARDS_DIR / shard['name']}: {name} has {list(array.shape)} rows, "
+                                f"expected {shard['count']}")
+            parts.append(array)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @classmethod
     def open(cls, path: str | Path, mmap: bool = True) -> "SampleStore":
@@ -292,7 +340,7 @@ class SampleStore:
             for name, array in zip(ARRAY_NAMES, arrays):
                 parts[name].append(array)
         joined = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in parts.items()}
-        store = cls(path=path, manifest=manifest, **joined)
+        store = cls(path=path, manifest=manifest, **joined, _mmap=mmap)
         if store.counts() != manifest.get("counts"):
             raise DataError(f"{manifest_path}: counts {manifest.get('counts')} disagree with the labels "
                             f"{store.counts()}")

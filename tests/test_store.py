@@ -180,3 +180,18 @@ def test_half_written_shard_is_never_seen_as_finished(tmp_path: Path, monkeypatc
     assert not list((tmp_path / "shards").iterdir())
     with pytest.raises(DataError, match="shard missing or incomplete"):
         finish_store(tmp_path, "pnet", [0])
+
+
+def test_extra_arrays_round_trip_across_shards(tmp_path: Path):
+    write_shard(tmp_path, 0, 12, *_arrays(3, seed=5), extras={"window": np.arange(12, dtype=np.float32).reshape(3, 4)})
+    write_shard(tmp_path, 1, 12, *_arrays(2, seed=6), extras={"window": -np.ones((2, 4), np.float32)})
+    finish_store(tmp_path, "pnet", [0, 1])
+    store = SampleStore.open(tmp_path)
+    window = store.extra("window")
+    assert window.shape == (5, 4)
+    np.testing.assert_array_equal(window[:3].ravel(), np.arange(12))
+    np.testing.assert_array_equal(window[3:], -1)
+    with pytest.raises(DataError, match="no 'origin' array"):
+        store.extra("origin")
+    with pytest.raises(DataError, match="expected 3 rows"):
+        write_shard(tmp_path, 2, 12, *_arrays(3), extras={"window": np.zeros((2, 4))})
