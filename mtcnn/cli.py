@@ -260,6 +260,7 @@ def _add_bench_parser(subparsers) -> None:
     detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
     detect.set_defaults(run=_run_bench_detect)
     _add_bench_prep_parser(benches)
+    _add_bench_train_parser(benches)
 
 
 def _run_bench_detect(args: argparse.Namespace) -> int:
@@ -312,6 +313,46 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
     rows = bench_prep(args.stage, config, workers, args.repeats, {net: getattr(args, net) for net in needs},
                       args.device, args.scratch)
     print(format_prep_table(rows, machine_description(args.device), args.repeats))
+    return 0
+
+
+def _add_bench_train_parser(benches) -> None:
+    train = benches.add_parser("train", help="training samples/s per net",
+                               description="Time whole training steps (gather, augmentation, forward, loss, "
+                                           "backward, optimizer step) on random crops with each stage's train "
+                                           "settings; print median samples/s and the data handling share.")
+    train.add_argument("--stages", nargs="+", choices=("pnet", "rnet", "onet"), default=["pnet", "rnet", "onet"])
+    train.add_argument("--configs", type=Path, default=Path("configs"), metavar="DIR",
+                       help="folder of the stage configs (default configs)")
+    train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                       help="override train settings of every stage, e.g. batch_size=1024")
+    train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    train.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    train.add_argument("--steps", type=int, default=40, help="steps per timed run (default 40)")
+    train.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
+    train.set_defaults(run=_run_bench_train)
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from mtcnn.bench import machine_description
+    from mtcnn.detector import resolve_device
+    from mtcnn.engine import load_train_config
+    from mtcnn.train_bench import bench_train, format_train_table
+
+    if args.repeats < 1 or args.steps < 1:
+        raise MtcnnError("--steps and --repeats must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise MtcnnError(str(exc)) from None
+    configs = {stage: load_train_config(stage, args.configs / f"{stage}.yaml", args.overrides).train
+               for stage in args.stages}
+    rows = bench_train(configs, device, steps=args.steps, repeats=args.repeats)
+    print(format_train_table(rows, machine_description(device), args.repeats))
     return 0
 
 
