@@ -73,7 +73,8 @@ def check_optimizer_settings(name: str, settings: Mapping[str, Any]) -> None:
             continue
         if key not in spec.settings:
             takes = ", ".join((*COMMON_SETTINGS, *spec.settings))
-            raise ValueError(f"optimizer {name!r} does not take {key!r} (it takes {takes}); remove it")
+            raise ValueError(f"optimizer {name!r} does not take {key!r} (it takes {takes}); remove it or set "
+                             "it to null")
     for key in spec.positive:
         value = settings.get(key)
         if value is not None and not value > 0:
@@ -141,7 +142,8 @@ def check_schedule_settings(name: str, settings: Mapping[str, Any]) -> dict[str,
     for key, value in settings.items():
         if value is not None and key not in spec.settings and key not in WARMUP_SETTINGS:
             takes = ", ".join((*spec.settings, *WARMUP_SETTINGS))
-            raise ValueError(f"schedule {name!r} does not take {key!r} (it takes {takes}); remove it")
+            raise ValueError(f"schedule {name!r} does not take {key!r} (it takes {takes}); remove it or set "
+                             "it to null")
     resolved = {}
     for key, default in spec.settings.items():
         value = settings.get(key)
