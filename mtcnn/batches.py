@@ -17,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from mtcnn.errors import DataError
 from mtcnn.store import LABEL_NAMES, SampleStore
 
 log = logging.getLogger(__name__)
@@ -54,14 +55,10 @@ class SampleTensors:
     landmarks: torch.Tensor
 
     @classmethod
-    def from_store(cls, store: SampleStore, device: torch.device | str = "cpu", pin: bool = False) -> "SampleTensors":
-        """Read the whole store into memory on ``device`` (``pin``: page-locked host memory, for
-        fast copies of gathered batches to a GPU)."""
-        tensors = []
-        for array in (store.images, store.labels, store.boxes, store.landmarks):
-            tensor = torch.from_numpy(np.array(array, copy=True))
-            tensors.append(tensor.pin_memory() if pin else tensor.to(device))
-        return cls(*tensors)
+    def from_store(cls, store: SampleStore, device: torch.device | str = "cpu") -> "SampleTensors":
+        """Read the whole store into memory on ``device``."""
+        return cls(*(torch.from_numpy(np.array(array, copy=True)).to(device)
+                     for array in (store.images, store.labels, store.boxes, store.landmarks)))
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -78,8 +75,7 @@ class SampleTensors:
         """The samples at ``indices [B]`` on ``device``, as stored: ``images uint8 [B, S, S, 3]``,
         ``labels``, ``boxes``, ``landmarks``."""
         indices = indices.to(self.device)
-        non_blocking = self.images.is_pinned()
-        return tuple(tensor.index_select(0, indices).to(device, non_blocking=non_blocking)
+        return tuple(tensor.index_select(0, indices).to(device)
                      for tensor in (self.images, self.labels, self.boxes, self.landmarks))
 
     def gather(self, indices: torch.Tensor, device: torch.device | str) -> Batch:
@@ -134,7 +130,8 @@ class BatchPlanner:
             elif share > 0:
                 shares[label] = share
         if not shares:
-            raise ValueError("no sample type with a share in the batch ratio is present in the store")
+            raise DataError(f"the training store has none of the sample types the batch ratio asks for "
+                            f"({', '.join(name for name, share in ratio.items() if share > 0)})")
         self.pattern = np.array(slot_pattern(shares), dtype=np.int64)
         if batch_size == "full":
             self.steps_per_epoch = 1

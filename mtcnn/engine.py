@@ -253,13 +253,18 @@ class Trainer:
         """Gather and augment the samples at ``indices``."""
         return self.augmenter(*self.train_data.gather_raw(indices, self.device))
 
-    def _forward_loss(self, batch: Batch, denominators=None):
+    def _forward_loss(self, model: nn.Module, batch: Batch, denominators: tuple[int, int, int] | None = None):
+        """Forward ``batch`` through ``model``; the loss total and the step's statistics row
+        (``_STEP_COLUMNS``)."""
         with self._autocast():
-            output = self.model(batch.pixels)
-        output = flatten_output(output)
+            output = flatten_output(model(batch.pixels))
         sums = loss_sums(output, batch.labels, batch.boxes, batch.landmarks, self.config.loss.ohem_keep)
         total, parts = combine_loss(sums, self.task_weights, denominators)
-        return output, sums, total, parts
+        correct = classification_stats(output.logits.detach(), batch.labels)[0]
+        row = torch.stack([total.detach(), *(parts[name].detach() for name in LOSS_PARTS),
+                           sums.classification_count.float(), sums.classification_candidates.float(), correct.float(),
+                           total.new_tensor(float(batch.labels.shape[0]))]).float()
+        return total, row
 
     def _finish_step(self, compute_norm: bool) -> torch.Tensor | None:
         """Clip (when configured), measure the gradient norm (when asked), step the optimizer."""
@@ -276,15 +281,10 @@ class Trainer:
     def train_step(self, batch: Batch, compute_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One mini-batch step; returns the step's statistics (``_STEP_COLUMNS``) and the
         gradient norm before clipping (when clipping or ``compute_norm``)."""
-        output, sums, total, parts = self._forward_loss(batch)
+        total, row = self._forward_loss(self.model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
-        norm = self._finish_step(compute_norm)
-        stats = classification_stats(output.logits.detach(), batch.labels)
-        row = torch.stack([total.detach(), *(parts[name].detach() for name in LOSS_PARTS),
-                           sums.classification_count.to(total.dtype), sums.classification_candidates.to(total.dtype),
-                           stats[0].to(total.dtype), total.new_tensor(float(batch.labels.shape[0]))])
-        return row, norm
+        return row, self._finish_step(compute_norm)
 
     def full_batch_step(self, plan: torch.Tensor, compute_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One gradient-descent step over all samples in ``plan [N]``, accumulated in chunks of
@@ -306,17 +306,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         row = torch.zeros(len(_STEP_COLUMNS), device=self.device)
         for chunk in chunks[rank::world]:
-            batch = self.next_batch(chunk)
-            with self._autocast():
-                output = self.net(batch.pixels)  # the bare net: gradients are summed over ranks below
-            output = flatten_output(output)
-            sums = loss_sums(output, batch.labels, batch.boxes, batch.landmarks, self.config.loss.ohem_keep)
-            total, parts = combine_loss(sums, self.task_weights, denominators)
+            # the bare net, not DDP: gradients are summed over the ranks once, below
+            total, chunk_row = self._forward_loss(self.net, self.next_batch(chunk), denominators)
             self.scaler.scale(total).backward()
-            stats = classification_stats(output.logits.detach(), batch.labels)
-            row += torch.stack([total.detach(), *(parts[name].detach() for name in LOSS_PARTS),
-                                sums.classification_count.float(), sums.classification_candidates.float(),
-                                stats[0].float(), total.new_tensor(float(chunk.numel()))]).float()
+            row += chunk_row
         if self.distributed.active:
             for parameter in self.net.parameters():
                 if parameter.grad is None:
@@ -667,11 +660,10 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
     train_path, val_path = Path(train.train_store), Path(train.val_store)
     train_store = open_stage_store(train_path, config.stage, "training")
     val_store = open_stage_store(val_path, config.stage, "validation") if train.validate else None
-    on_device = target.type == "cpu" or train.store_on_device
-    pin = not on_device
+    store_device = target if train.store_on_device else torch.device("cpu")
 
     def tensors(store: SampleStore) -> SampleTensors:
-        return SampleTensors.from_store(store, target if on_device else "cpu", pin=pin)
+        return SampleTensors.from_store(store, store_device)
 
     train_data = tensors(train_store)
     val_data = tensors(val_store) if val_store is not None else None

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,7 +85,9 @@ def train_for(trainer: Trainer, run: Run, budget: float, store_size: int, probe:
 
     samples_seen, elapsed, epoch = 0, 0.0, 0
     record(0.0, 0)
-    next_point = budget / points
+    # spaced evenly in log-time, so that the first seconds (where most of the loss goes) show
+    times = iter([*np.geomspace(budget / 400, budget, points)[1:], math.inf])
+    next_point = budget / 400
     while elapsed < budget:
         plan = trainer.planner.epoch_plan(epoch)
         trainer.augmenter.reseed(trainer.config.seed, epoch)
@@ -101,7 +104,8 @@ def train_for(trainer: Trainer, run: Run, budget: float, store_size: int, probe:
                 raise MtcnnError(f"{run.name}: the loss became {float(row[0])} at step {trainer.step}; lower its rate")
             if elapsed >= next_point or elapsed >= budget:
                 record(elapsed, samples_seen)
-                next_point = elapsed + budget / points
+                while next_point <= elapsed:
+                    next_point = next(times)
             if elapsed >= budget:
                 break
         epoch += 1
@@ -138,19 +142,23 @@ def plot(runs: list[Run], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     figure, (by_time, by_samples) = plt.subplots(1, 2, figsize=(14, 5.5))
     for run in runs:
         style = "-" if run.batch_size not in (1, "full") else ("--" if run.batch_size == 1 else ":")
         marker = "o" if run.batch_size == "full" else None
-        by_time.plot(run.seconds, run.losses, style, marker=marker, label=run.name, linewidth=1.2)
-        by_samples.plot(run.samples, run.losses, style, marker=marker, label=run.name, linewidth=1.2)
-    by_time.set_xlabel("training time (s)")
-    by_samples.set_xlabel("samples seen")
-    by_samples.set_xscale("symlog", linthresh=1000)
-    for axes in (by_time, by_samples):
+        # log axes: the starting point (0 s, 0 samples) is drawn as the dashed line instead
+        by_time.plot(run.seconds[1:], run.losses[1:], style, marker=marker, label=run.name, linewidth=1.2)
+        by_samples.plot(run.samples[1:], run.losses[1:], style, marker=marker, label=run.name, linewidth=1.2)
+    for axes, label in ((by_time, "training time (s)"), (by_samples, "samples seen")):
+        axes.axhline(runs[0].losses[0], color="grey", linestyle="--", linewidth=0.8, label="initial weights")
+        axes.set_xscale("log")
+        axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axes.set_xlabel(label)
         axes.set_ylabel("loss on 8,192 training samples")
         axes.grid(alpha=0.3)
+    by_time.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     by_samples.legend(fontsize=8)
     figure.suptitle("P-Net: the gradient-descent family on the same time budget")
     figure.tight_layout()

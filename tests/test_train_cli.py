@@ -84,11 +84,14 @@ def test_resume_from_the_checkpoint_alone_continues_the_run(kit_store, tmp_path,
 
 
 @pytest.mark.slow
-def test_torchrun_with_two_cpu_processes_matches_one_process(kit_store, tmp_path):
-    """DDP on the CPU (gloo): 2 ranks with half a batch each take the same steps as one process
-    with the whole batch (hard example mining and augmentation off, as those are per rank)."""
+@pytest.mark.parametrize("batch_size", ["70", "full"])
+def test_torchrun_with_two_cpu_processes_matches_one_process(kit_store, tmp_path, batch_size):
+    """DDP on the CPU (gloo): 2 ranks with half a batch (or half the chunks of the full batch)
+    each take the same steps as one process with all of it (hard example mining and
+    augmentation off, as those are per rank)."""
     options = ["--config", str(TINY / "pnet.yaml"), "--device", "cpu"]
-    settings = ["--set", *_stores(kit_store, "pnet"), "epochs=1", "val_image_count=0", *NO_RANDOMNESS]
+    settings = ["--set", *_stores(kit_store, "pnet"), "epochs=1", "val_image_count=0", f"batch_size={batch_size}",
+                "chunk_size=256", *NO_RANDOMNESS]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            "-m", "mtcnn", "train", "pnet", *options, "--out-dir", str(tmp_path / "ddp"), *settings],
