@@ -286,7 +286,8 @@ class Trainer:
         self.scaler.scale(total).backward()
         return row, self._finish_step(compute_norm)
 
-    def full_batch_step(self, plan: torch.Tensor, compute_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def full_batch_step(self, plan: torch.Tensor,
+                        compute_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One gradient-descent step over all samples in ``plan [N]``, accumulated in chunks of
         ``chunk_size``. Hard example mining keeps its fraction per chunk; every part is divided
         by its whole-batch count, so the gradient is that of the whole-batch mean whatever the
@@ -445,14 +446,19 @@ class Trainer:
     def validation_image(self, count: int) -> np.ndarray | None:
         """A grid of up to ``count`` validation crops (types mixed), enlarged, with the ground-truth
         box (white), the predicted box and face probability (green) and predicted landmarks."""
+        import cv2
+
         from mtcnn.draw import draw_faces, tile_images
 
         if self.val_data is None or count == 0:
             return None
         labels = self.val_data.labels.cpu().numpy()
         chosen: list[int] = []
-        per_type = [np.flatnonzero(labels == label)[:count] for label in
-                    (LABEL_POSITIVE, LABEL_LANDMARK, LABEL_PART, LABEL_NEGATIVE)]
+        per_type = []
+        for label in (LABEL_POSITIVE, LABEL_LANDMARK, LABEL_PART, LABEL_NEGATIVE):
+            members = np.flatnonzero(labels == label)  # spread over the store: many images, not one
+            per_type.append(members[np.linspace(0, len(members) - 1, min(count, len(members))).astype(int)]
+                            if len(members) else members)
         for rank in range(count):
             chosen += [int(members[rank]) for members in per_type if rank < len(members)]
         chosen = chosen[:count]
@@ -464,7 +470,7 @@ class Trainer:
             output = flatten_output(self.net(batch.pixels))
         self.net.train()
         size = self.val_data.size
-        zoom = max(1, 96 // size)
+        zoom = max(1, 192 // size)
         side = size * zoom
         scores = torch.softmax(output.logits.float(), dim=1)[:, 1].cpu().numpy()
         boxes = (output.box.float().cpu().numpy() + np.array([0, 0, 1, 1])) * side
@@ -476,7 +482,11 @@ class Trainer:
             crop = np.repeat(np.repeat(crop, zoom, axis=0), zoom, axis=1)
             if int(labels[chosen[k]]) in (LABEL_POSITIVE, LABEL_PART):
                 crop = draw_faces(crop, true_boxes[k:k + 1], colour=(255, 255, 255))
-            tiles.append(draw_faces(crop, boxes[k:k + 1], points[k:k + 1], scores[k:k + 1]))
+            tile = draw_faces(crop, boxes[k:k + 1], points[k:k + 1])
+            # the face probability in the corner: the box often reaches past the crop's edge
+            cv2.putText(tile, f"{scores[k]:.2f}", (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(tile, f"{scores[k]:.2f}", (3, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 0), 1, cv2.LINE_AA)
+            tiles.append(tile)
         return tile_images(tiles, columns=min(8, len(tiles)))
 
     # -------------------------------------------------------------------------- the run
@@ -619,7 +629,8 @@ def resolve_config(config: StageConfig, out_dir: Path | None) -> StageConfig:
     resolved = dataclasses.replace(
         train, train_store=train_store, val_store=val_store,
         out_dir=out_dir or train.out_dir or Path("runs/train") / config.stage,
-        loss=dataclasses.replace(train.loss, task_weights=train.loss.task_weights or DEFAULT_TASK_WEIGHTS[config.stage]))
+        loss=dataclasses.replace(train.loss,
+                                 task_weights=train.loss.task_weights or DEFAULT_TASK_WEIGHTS[config.stage]))
     return dataclasses.replace(config, train=resolved)
 
 
@@ -653,6 +664,11 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
         training_state(checkpoint, resume)
         if checkpoint["stage"] != config.stage:
             raise MtcnnError(f"{resume}: a {checkpoint['stage']} checkpoint; this run trains {config.stage}")
+        saved_optimizer = checkpoint.get("config", {}).get("train", {}).get("optim", {}).get("name")
+        if saved_optimizer not in (None, train.optim.name):
+            raise MtcnnError(f"{resume}: was trained with {saved_optimizer}, this config uses {train.optim.name}; "
+                             "a resumed run keeps its optimizer (start a new run from these weights with "
+                             f"--set train.init_weights={resume})")
     elif (run_dir / LAST_CHECKPOINT).exists():
         raise MtcnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir / LAST_CHECKPOINT} "
                          "or choose another --out-dir")
@@ -668,7 +684,8 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
     train_data = tensors(train_store)
     val_data = tensors(val_store) if val_store is not None else None
     if distributed.is_main:
-        log.info("%s: %d training samples %s from %s%s", config.stage, len(train_data), train_store.counts(), train_path,
+        log.info("%s: %d training samples %s from %s%s", config.stage, len(train_data), train_store.counts(),
+                 train_path,
                  f", {len(val_data)} validation samples from {val_path}" if val_data is not None else "")
 
     torch.manual_seed(train.seed)
@@ -683,8 +700,9 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
         trainer.load_state_dict(checkpoint, resume)
         if distributed.is_main:
             log.info("resuming %s from %s after epoch %d", config.stage, resume, trainer.epoch)
-    result = trainer.fit()
-    if distributed.active:
-        dist.barrier()
-    return result
+    try:
+        return trainer.fit()
+    finally:
+        if distributed.active:
+            dist.destroy_process_group()
 

@@ -109,7 +109,8 @@ def loss_sums(output: NetOutput, labels: torch.Tensor, box_targets: torch.Tensor
 
 
 def combine_loss(sums: LossSums, task_weights: tuple[float, float, float],
-                 denominators: tuple[torch.Tensor | int, ...] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                 denominators: tuple[torch.Tensor | int, ...] | None = None
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total and the three part means (0-d tensors, the means unweighted).
 
     Each part is its sum over its count (``denominators`` overrides the counts, e.g. whole-store

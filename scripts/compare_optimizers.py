@@ -114,7 +114,8 @@ def train_for(trainer: Trainer, run: Run, budget: float, store_size: int, probe:
 
 
 def plan_runs(batch_size: int) -> list[Run]:
-    runs = [Run(f"{name} (mini-batch {batch_size})", name, batch_size, LEARNING_RATES[name]) for name in OPTIMIZER_NAMES]
+    runs = [Run(f"{name} (mini-batch {batch_size})", name, batch_size, LEARNING_RATES[name])
+            for name in OPTIMIZER_NAMES]
     for name in MODE_OPTIMIZERS:
         runs.append(Run(f"{name} (stochastic, batch 1)", name, 1, STOCHASTIC_RATES[name]))
         runs.append(Run(f"{name} (full batch)", name, "full", LEARNING_RATES[name] * (10 if name == "sgd" else 1)))

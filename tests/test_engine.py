@@ -187,3 +187,10 @@ def test_resolved_config_is_written_and_stored_in_every_checkpoint(kit_store, tm
         assert load_checkpoint(tmp_path / name)["config"] == written
     rebuilt = build_config(StageConfig, written)
     assert dataclasses.asdict(rebuilt.train.optim) == dataclasses.asdict(config.train.optim)
+
+
+def test_resume_with_another_optimizer_is_refused_with_the_way_out(kit_store, tmp_path):
+    run_training(_config(kit_store, tmp_path, "epochs=1", "val_image_count=0"), "cpu", show_progress=False)
+    other = _config(kit_store, tmp_path, "epochs=2", "optim.name=sgd", "optim.momentum=null")
+    with pytest.raises(MtcnnError, match=r"was trained with adam, this config uses sgd.*init_weights="):
+        run_training(other, "cpu", resume=tmp_path / LAST_CHECKPOINT, show_progress=False)
