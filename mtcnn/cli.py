@@ -121,6 +121,9 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", type=Path, default=None, metavar="DIR",
                         help="run folder for checkpoints, config and TensorBoard logs (default: train.out_dir, "
                         "or the checkpoint's folder with --resume)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; on a CPU shared with other jobs "
+                        "1 can be much faster than all cores)")
 
 
 def _add_train_parser(subparsers) -> None:
@@ -134,8 +137,14 @@ def _add_train_parser(subparsers) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    import torch
+
     from mtcnn.engine import load_train_config, run_training
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise MtcnnError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     config = load_train_config(args.stage, args.config, args.overrides, args.resume)
     result = run_training(config, device=args.device, out_dir=args.out_dir, resume=args.resume)
     if result.best_value is not None and int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports

@@ -76,16 +76,14 @@ class DistributedContext:
 
 def init_distributed(device: torch.device) -> DistributedContext:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA,
-    gloo on the CPU, where each process then takes its share of the cores."""
+    gloo on the CPU (where torchrun gives each process one thread unless ``OMP_NUM_THREADS``
+    says otherwise)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
     context = DistributedContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cpu":
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     return context
 
 
