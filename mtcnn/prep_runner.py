@@ -25,6 +25,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,17 +352,19 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
                 finished(_run_shard_single_threaded(job, task))
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+        try:
             pending: set[Future] = {pool.submit(run_shard, job, task) for task in tasks}
-            try:
-                while pending:
-                    completed, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in completed:
-                        finished(future.result())
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+            while pending:
+                completed, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    finished(future.result())
+        except BrokenProcessPool:
+            raise MtcnnError("a preparation worker process died (out of memory? started from an interactive "
+                             "session? try --workers 1); finished shards are kept, run again to resume") from None
+        finally:
+            # On an error or Ctrl-C, drop the queued shards rather than wait for them all.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(stage: str, config: StageConfig, out: str | Path, split: str = "train", workers: int = 1,
