@@ -136,7 +136,8 @@ def plan_shards(wider: Sequence[WiderImage], landmarks: Sequence[LandmarkFace], 
                 faces_per_shard: int) -> list[ShardTask]:
     """WIDER shards first, then landmark shards, numbered from 0."""
     tasks: list[ShardTask] = []
-    for source, items, step in ((SOURCE_WIDER, wider, images_per_shard), (SOURCE_LANDMARKS, landmarks, faces_per_shard)):
+    for source, items, step in ((SOURCE_WIDER, wider, images_per_shard),
+                                (SOURCE_LANDMARKS, landmarks, faces_per_shard)):
         for start in range(0, len(items), step):
             tasks.append(ShardTask(len(tasks), source, start, tuple(items[start:start + step])))
     return tasks
@@ -229,7 +230,8 @@ def _rng(seed: int, source: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, source, index])
 
 
-def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str], meta: dict[str, Any]) -> list[tuple[int, Samples]]:
+def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str],
+                   meta: dict[str, Any]) -> list[tuple[int, Samples]]:
     prep = job.config.prep
     images = [_read(item.path, skipped) for item in task.items]
     present = [i for i, image in enumerate(images) if image is not None]
@@ -348,8 +350,11 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
             bar.update(meta["items"])
 
         if workers <= 1:
-            for task in tasks:
-                finished(_run_shard_single_threaded(job, task))
+            try:
+                for task in tasks:
+                    finished(_run_shard_single_threaded(job, task))
+            finally:
+                _DETECTORS.clear()  # do not keep the mining nets alive in the caller's process
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
