@@ -430,7 +430,7 @@ class RandomCropConfig:
     negatives_near_face: int = setting(5, low=0, doc="tries per face for a negative square overlapping it a little")
     crops_per_face: int = setting(20, low=0, doc="jittered squares tried per face, labelled positive or part by IoU")
     centre_jitter: float = setting(0.2, low=0.0, high=1.0,
-                                   doc="largest shift of a jittered square's centre, as a fraction of face width/height")
+                                   doc="largest shift of a jittered square's centre, in face widths/heights")
     size_range: tuple[float, float] = setting((0.8, 1.25), low=0.0, low_open=True,
                                               doc="jittered side from low x shorter face side to high x longer side")
     negative_max_fraction: float = setting(0.5, low=0.0, high=1.0, low_open=True,
@@ -468,7 +468,7 @@ class PrepConfig:
     """Training-sample generation (``mtcnn prep``): labelling thresholds, sampling and sharding."""
 
     seed: int = setting(0, low=0, doc="random seed; each image's generator is derived from it and the image's index")
-    negative_iou: float = setting(0.3, low=0.0, high=1.0, doc="a crop is negative when its IoU with every face is below")
+    negative_iou: float = setting(0.3, low=0.0, high=1.0, doc="negative: IoU with every face below this")
     part_iou: float = setting(0.4, low=0.0, high=1.0, doc="part face: best IoU at least this (and below positive_iou)")
     positive_iou: float = setting(0.65, low=0.0, high=1.0, doc="positive: best IoU at least this")
     min_face_size: float = setting(20.0, low=0.0,

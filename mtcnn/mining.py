@@ -22,7 +22,7 @@ from mtcnn.boxes import square_boxes
 from mtcnn.config import MiningConfig, PrepConfig
 from mtcnn.datasets import WiderImage
 from mtcnn.detector import MTCNN
-from mtcnn.prep import Samples, box_targets, cut_crops, iou_matrix, label_windows, usable_faces
+from mtcnn.prep import UNUSED, Samples, box_targets, cut_crops, iou_matrix, label_windows, usable_faces
 from mtcnn.store import LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 from mtcnn.weights import load_net
 
@@ -73,7 +73,7 @@ def mine_image(image: np.ndarray, annotation: WiderImage, windows: np.ndarray, r
     negatives = np.flatnonzero(labels == LABEL_NEGATIVE)
     if len(negatives) > mining.max_negatives_per_image:
         dropped = np.setdiff1d(negatives, rng.choice(negatives, mining.max_negatives_per_image, replace=False))
-        labels[dropped] = -100
+        labels[dropped] = UNUSED
     keep = np.isin(labels, (LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_PART))
     windows, labels, best = windows[keep], labels[keep], best[keep]
     boxes = np.zeros((len(windows), 4), np.float32)

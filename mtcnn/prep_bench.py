@@ -80,5 +80,6 @@ def format_prep_table(rows: Sequence[PrepBenchRow], machine: str, repeats: int) 
         lines.append(f"| {row.stage} | {row.workers} | {row.inputs:,} | {row.samples:,} | {row.wall_seconds:.1f} | "
                      f"{row.crops_per_second:,.0f} | {row.cpu_seconds:.1f} | {row.load_average:.1f} | {runs} |")
     lines.append("")
-    lines.append(f"the train set as configured, prepared from scratch (images decoded from disk), median of {repeats} runs; {machine}")
+    lines.append(f"the train set as configured, prepared from scratch (images decoded from disk), "
+                 f"median of {repeats} runs; {machine}")
     return "\n".join(lines)

@@ -25,6 +25,7 @@ import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,8 @@ def plan_shards(wider: Sequence[WiderImage], landmarks: Sequence[LandmarkFace], 
                 faces_per_shard: int) -> list[ShardTask]:
     """WIDER shards first, then landmark shards, numbered from 0."""
     tasks: list[ShardTask] = []
-    for source, items, step in ((SOURCE_WIDER, wider, images_per_shard), (SOURCE_LANDMARKS, landmarks, faces_per_shard)):
+    for source, items, step in ((SOURCE_WIDER, wider, images_per_shard),
+                                (SOURCE_LANDMARKS, landmarks, faces_per_shard)):
         for start in range(0, len(items), step):
             tasks.append(ShardTask(len(tasks), source, start, tuple(items[start:start + step])))
     return tasks
@@ -228,7 +230,8 @@ def _rng(seed: int, source: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, source, index])
 
 
-def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str], meta: dict[str, Any]) -> list[tuple[int, Samples]]:
+def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str],
+                   meta: dict[str, Any]) -> list[tuple[int, Samples]]:
     prep = job.config.prep
     images = [_read(item.path, skipped) for item in task.items]
     present = [i for i, image in enumerate(images) if image is not None]
@@ -347,21 +350,26 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
             bar.update(meta["items"])
 
         if workers <= 1:
-            for task in tasks:
-                finished(_run_shard_single_threaded(job, task))
+            try:
+                for task in tasks:
+                    finished(_run_shard_single_threaded(job, task))
+            finally:
+                _DETECTORS.clear()  # do not keep the mining nets alive in the caller's process
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+        try:
             pending: set[Future] = {pool.submit(run_shard, job, task) for task in tasks}
-            try:
-                while pending:
-                    completed, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in completed:
-                        finished(future.result())
-            except BaseException:
-                for future in pending:
-                    future.cancel()
-                raise
+            while pending:
+                completed, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in completed:
+                    finished(future.result())
+        except BrokenProcessPool:
+            raise MtcnnError("a preparation worker process died (out of memory? started from an interactive "
+                             "session? try --workers 1); finished shards are kept, run again to resume") from None
+        finally:
+            # On an error or Ctrl-C, drop the queued shards rather than wait for them all.
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare(stage: str, config: StageConfig, out: str | Path, split: str = "train", workers: int = 1,

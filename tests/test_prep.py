@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import cv2
@@ -162,7 +161,8 @@ def test_mirror_targets_by_hand():
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     window = np.array([[7, 5, 30, 28]], np.float32)
     flipped_window = np.array([[50 - 30, 5, 50 - 7, 28]], np.float32)
-    np.testing.assert_array_equal(cut_crops(image, window, 12)[:, :, ::-1], cut_crops(image[:, ::-1], flipped_window, 12))
+    np.testing.assert_array_equal(cut_crops(image, window, 12)[:, :, ::-1],
+                                  cut_crops(image[:, ::-1], flipped_window, 12))
 
 
 @pytest.mark.slow
@@ -174,7 +174,8 @@ def test_same_seed_same_arrays_with_one_and_two_workers(kit: Path, tmp_path: Pat
         np.testing.assert_array_equal(getattr(store_one, name), getattr(store_two, name))
     np.testing.assert_array_equal(store_one.extra("window"), store_two.extra("window"))
     assert store_one.manifest["counts"] == store_two.manifest["counts"]
-    other_seed = kit_config(kit, overrides=SMALL + ["prep.seed=1", "prep.limit_images=2", "prep.limit_landmark_faces=0"])
+    other_seed = kit_config(kit, overrides=SMALL + ["prep.seed=1", "prep.limit_images=2",
+                                                    "prep.limit_landmark_faces=0"])
     prepare("pnet", other_seed, tmp_path / "seed1", workers=1)
     first = np.flatnonzero(store_one.extra("origin")[:, 1] < 2)
     assert not np.array_equal(SampleStore.open(tmp_path / "seed1").extra("window"),
