@@ -194,3 +194,16 @@ def test_resume_with_another_optimizer_is_refused_with_the_way_out(kit_store, tm
     other = _config(kit_store, tmp_path, "epochs=2", "optim.name=sgd", "optim.momentum=null")
     with pytest.raises(MtcnnError, match=r"was trained with adam, this config uses sgd.*init_weights="):
         run_training(other, "cpu", resume=tmp_path / LAST_CHECKPOINT, show_progress=False)
+
+
+def test_gradient_clipping_bounds_the_update(kit_store, tmp_path):
+    config = _config(kit_store, tmp_path, "optim.name=sgd", "optim.lr=1.0", "optim.weight_decay=0",
+                     "grad_clip_norm=0.001").train
+    torch.manual_seed(0)
+    trainer = Trainer("pnet", build_net("pnet"), config, _tensors(kit_store("pnet", "train")), None, "cpu",
+                      show_progress=False)
+    before = torch.cat([p.detach().flatten().clone() for p in trainer.net.parameters()])
+    _, norm = trainer.train_step(trainer.next_batch(trainer.planner.epoch_plan(0)[0]))
+    after = torch.cat([p.detach().flatten() for p in trainer.net.parameters()])
+    assert float(norm) > 0.01  # the raw gradient was far larger than the limit ...
+    assert float((after - before).norm()) == pytest.approx(0.001, rel=1e-3)  # ... the step is lr x limit
