@@ -154,7 +154,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _train_command(stage: str, argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=f"train-{stage}", description=f"Train {stage} on its prepared sample store.")
+    from mtcnn.weights import STAGE_NAMES
+
+    parser = argparse.ArgumentParser(prog=f"train-{stage}",
+                                     description=f"Train {STAGE_NAMES[stage]} on its prepared sample store, as the "
+                                                 "train section of its config says.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     _add_train_options(parser)
     parser.set_defaults(run=_run_train, stage=stage)
