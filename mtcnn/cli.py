@@ -211,7 +211,7 @@ def _run_eval_wider(args: argparse.Namespace) -> int:
         settings = _detector_settings(args)
         detector = detector_from_args(args)
         predictions = detect_wider(detector, ground_truth, args.images, args.save_predictions, settings)
-        report.update({"images": str(args.images), "detector": settings})
+        report.update({"images_dir": str(args.images), "detector": settings})
     result = evaluate_wider(ground_truth, predictions)
     report.update(result.to_dict())
     lines = [f"{setting.capitalize() + ' AP':<10} {ap:.4f}" for setting, ap in result.ap.items()]
@@ -286,7 +286,7 @@ def _run_eval_stages(args: argparse.Namespace) -> int:
         raise MtcnnError(str(exc)) from None
     min_size = args.min_face_size if args.min_size is None else args.min_size
     results = evaluate_stages(detector, images, last_stage=last_stage, min_size=min_size)
-    report = {"images": str(images_dir), "annotations": str(annotations), "min_size": min_size,
+    report = {"images_dir": str(images_dir), "annotations": str(annotations), "min_size": min_size,
               "weights": {stage: str(path) for stage, path in files.items()},
               "thresholds": list(args.thresholds), "min_face_size": args.min_face_size,
               "stages": {stage: result.to_dict() for stage, result in results.items()}}

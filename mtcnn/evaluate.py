@@ -228,11 +228,12 @@ class LandmarkResult:
 def onet_landmarks(onet: torch.nn.Module, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """O-Net's five points ``[N, 5, 2]`` (pixels) for ``boxes [N, 4]`` in ``image [3, H, W]``:
     each box is squared and cut out as the cascade does for O-Net, without box regression."""
-    windows = square_boxes(boxes)
-    crops = crop_and_resize(image, windows, INPUT_SIZES["onet"])
-    points = onet(crops.to(next(onet.parameters()).device)).landmarks.float().cpu().reshape(-1, 5, 2)
-    side = (windows[:, 2:] - windows[:, :2])[:, None, :]
-    return windows[:, None, :2] + points * side
+    with torch.inference_mode():
+        windows = square_boxes(boxes)
+        crops = crop_and_resize(image, windows, INPUT_SIZES["onet"])
+        points = onet(crops.to(next(onet.parameters()).device)).landmarks.float().cpu().reshape(-1, 5, 2)
+        side = (windows[:, 2:] - windows[:, :2])[:, None, :]
+        return windows[:, None, :2] + points * side
 
 
 def evaluate_landmarks(
@@ -265,12 +266,10 @@ def evaluate_landmarks(
         chunk = paths[start:start + batch]
         images = [read_image(path) for path in chunk]
         if use_boxes:
-            with torch.inference_mode():
-                for path, image in zip(chunk, images):
-                    members = by_path[path]
-                    boxes = torch.as_tensor(np.stack([faces[i].box for i in members]), dtype=torch.float32)
-                    pixels = to_pixel_tensor(image)
-                    predicted[members] = onet_landmarks(detector.nets["onet"], pixels, boxes).numpy()
+            for path, image in zip(chunk, images):
+                members = by_path[path]
+                boxes = torch.as_tensor(np.stack([faces[i].box for i in members]), dtype=torch.float32)
+                predicted[members] = onet_landmarks(detector.nets["onet"], to_pixel_tensor(image), boxes).numpy()
         else:
             for path, found in zip(chunk, detector.detect(images)):
                 members = by_path[path]

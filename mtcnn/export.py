@@ -122,24 +122,33 @@ def export_nets(
     """Export the nets of ``weights`` (as :func:`mtcnn.weights.resolve_weight_files` takes) in
     ``fmt`` (``onnx`` or ``torchscript``) into ``out_dir``; returns ``{stage: file}`` and writes
     ``export.json`` describing them."""
+    files = resolve_weight_files(weights)
+    nets = {stage: load_net(files[stage], stage) for stage in STAGES if stage in files}
+    return export_modules(nets, fmt, out_dir, sources={stage: str(path) for stage, path in files.items()})
+
+
+def export_modules(
+    nets: Mapping[str, nn.Module], fmt: str, out_dir: str | Path, sources: Mapping[str, str] | None = None
+) -> dict[str, Path]:
+    """Export nets already in memory (``{stage: module}``) in ``fmt`` into ``out_dir``, with
+    ``export.json``; ``sources`` names the weights each came from, for the record."""
     if fmt not in EXPORTERS:
         raise MtcnnError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = resolve_weight_files(weights)
     written: dict[str, Path] = {}
     manifest: dict[str, object] = {"format": fmt, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
                                    "pixels": "float32 RGB in [0, 255], [N, 3, H, W]; normalised inside",
                                    "nets": {}}
     for stage in STAGES:
-        if stage not in files:
+        if stage not in nets:
             continue
-        net = load_net(files[stage], stage)
+        net = nets[stage]
         path = out_dir / f"{stage}{SUFFIXES[fmt]}"
-        log.info("exporting %s from %s to %s", stage, files[stage], path)
+        log.info("exporting %s to %s", stage, path)
         written[stage] = EXPORTERS[fmt](net, path)
         size = INPUT_SIZES[stage]
-        entry = {"file": path.name, "weights": str(files[stage]),
+        entry = {"file": path.name, "weights": (sources or {}).get(stage),
                  "input_shape": ["N", 3, "H>=12" if stage == "pnet" else size, "W>=12" if stage == "pnet" else size]}
         if stage == "pnet":
             entry["original_window_mapping"] = bool(getattr(net, "original_window_mapping", False))
