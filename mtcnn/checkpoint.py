@@ -39,7 +39,7 @@ def software_versions() -> dict[str, str]:
     """Versions recorded in every checkpoint and run folder."""
     from mtcnn import __version__
 
-    return {"mtcnn": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    return {"mtcnn": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:

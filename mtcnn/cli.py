@@ -318,6 +318,40 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ mtcnn bench
+
+
+def _add_bench_parser(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks that print speed figures")
+    benches = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    detect = benches.add_parser("detect", help="detection images/s on a fixed set of WIDER images",
+                                description="Time the cascade (min face 20 and 40; one image at a time and "
+                                            "batched), median of several runs; also facenet-pytorch when installed.")
+    detect.add_argument("--weights", type=Path, default=None, help="weights folder (default: shipped weights)")
+    detect.add_argument("--images", type=Path, default=Path("data/widerface/WIDER_val/images"),
+                        help="folder of images to sample from (default data/widerface/WIDER_val/images)")
+    detect.add_argument("--count", type=int, default=24, help="images in the set (default 24)")
+    detect.add_argument("--min-face-sizes", type=int, nargs="+", default=[20, 40], metavar="N")
+    detect.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], metavar="N")
+    detect.add_argument("--repeats", type=int, default=3, help="timed runs per setting (default 3)")
+    detect.add_argument("--device", default="auto")
+    detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
+    detect.set_defaults(run=_run_bench_detect)
+
+
+def _run_bench_detect(args: argparse.Namespace) -> int:
+    from mtcnn.bench import bench_detect, benchmark_images, format_detect_table, machine_description
+    from mtcnn.detector import resolve_device
+
+    if not args.images.is_dir():
+        raise MtcnnError(f"{args.images}: no such folder (run scripts/link_kit.sh or pass --images)")
+    images = benchmark_images(args.images, args.count)
+    rows = bench_detect(args.weights, images, args.min_face_sizes, args.batch_sizes, args.repeats, args.device,
+                        compare_facenet=not args.no_compare)
+    print(format_detect_table(rows, machine_description(resolve_device(args.device)), len(images), args.repeats))
+    return 0
+
+
 # ------------------------------------------------------------------------------ entry points
 
 
@@ -329,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detect_parser(subparsers)
     _add_eval_parser(subparsers)
     _add_export_parser(subparsers)
+    _add_bench_parser(subparsers)
     return parser
 
 

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcnn.boxes import apply_box_offsets, crop_and_resize, nms, pyramid_scales, scaled_size, square_boxes
+from mtcnn.boxes import (apply_box_offsets, crop_and_resize, integral_image, nms, pyramid_scales, scaled_size,
+                         square_boxes)
 from mtcnn.images import ImageInput, to_pixel_tensor
 from mtcnn.nets import INPUT_SIZES, STAGES
 from mtcnn.weights import STAGE_NAMES, load_net, resolve_weight_files
@@ -147,7 +148,9 @@ class MTCNN:
         self.crop_budget = int(crop_budget)
         if nets is None:
             nets = {stage: load_net(path, stage) for stage, path in resolve_weight_files(weights).items()}
-        self.nets = {stage: net.to(self.device).eval() for stage, net in nets.items()}
+        # Channels-last runs these small convolutions and poolings about twice as fast on the CPU.
+        self.nets = {stage: net.to(self.device, memory_format=torch.channels_last).eval()
+                     for stage, net in nets.items()}
 
     # ----------------------------------------------------------------------------- public API
 
@@ -189,12 +192,11 @@ class MTCNN:
         out: dict[str, list[Faces]] = {}
         candidates = self._pnet_stage(pixels)
         out["pnet"] = candidates.per_image(count)
-        if "rnet" in stages:
-            candidates = self._refine_stage(pixels, candidates, "rnet")
-            out["rnet"] = candidates.per_image(count)
-        if "onet" in stages:
-            candidates = self._refine_stage(pixels, candidates, "onet")
-            out["onet"] = candidates.per_image(count)
+        integrals: dict[int, torch.Tensor] = {}  # summed-area tables, shared by R-Net and O-Net crops
+        for stage in ("rnet", "onet"):
+            if stage in stages:
+                candidates = self._refine_stage(pixels, integrals, candidates, stage)
+                out[stage] = candidates.per_image(count)
         return out
 
     def _pnet_stage(self, pixels: list[torch.Tensor]) -> _Candidates:
@@ -254,7 +256,8 @@ class MTCNN:
         pixels ``[M, 4]``, their scores and image indices, and their box offsets ``[M, 4]``."""
         sizes = [scaled_size(pixels[i].shape[1], pixels[i].shape[2], scale) for i in batch]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        scaled = pixels[batch[0]].new_zeros((len(batch), 3, height, width))
+        scaled = torch.empty((len(batch), 3, height, width), device=self.device, memory_format=torch.channels_last)
+        scaled.zero_()
         for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
             scaled[slot, :, :h, :w] = F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
         logits, offsets = pnet.forward_detect(scaled)
@@ -284,13 +287,15 @@ class MTCNN:
         candidates = _Candidates(torch.stack([x1, y1, x2, y2], dim=1), probability[slot, row, col], image_index)
         return candidates, offsets[slot, :, row, col]
 
-    def _refine_stage(self, pixels: list[torch.Tensor], previous: _Candidates, stage: str) -> _Candidates:
+    def _refine_stage(
+        self, pixels: list[torch.Tensor], integrals: dict[int, torch.Tensor], previous: _Candidates, stage: str
+    ) -> _Candidates:
         """R-Net or O-Net on square crops around the previous stage's boxes."""
         net = self.nets[stage]
         size = INPUT_SIZES[stage]
         windows = square_boxes(previous.boxes)
         logits, offsets, points = [], [], []
-        for crops in self._crop_chunks(pixels, windows, previous.image_index, size):
+        for crops in self._crop_chunks(pixels, integrals, windows, previous.image_index, size):
             output = net(crops)
             logits.append(output.logits)
             offsets.append(output.box)
@@ -318,14 +323,18 @@ class MTCNN:
                    groups=candidates.image_index)
         return candidates.select(keep)
 
-    def _crop_chunks(self, pixels: list[torch.Tensor], windows: torch.Tensor, image_index: torch.Tensor, size: int):
+    def _crop_chunks(self, pixels: list[torch.Tensor], integrals: dict[int, torch.Tensor], windows: torch.Tensor,
+                     image_index: torch.Tensor, size: int):
         """Yield ``[n, 3, size, size]`` crops of ``windows`` in their order, at most
-        ``crop_budget`` at a time."""
+        ``crop_budget`` at a time; ``integrals`` caches each image's summed-area table."""
         for start in range(0, windows.shape[0], self.crop_budget):
             chunk_windows = windows[start:start + self.crop_budget]
             chunk_index = image_index[start:start + self.crop_budget]
-            crops = windows.new_empty((chunk_windows.shape[0], 3, size, size))
+            crops = torch.empty((chunk_windows.shape[0], 3, size, size), device=self.device,
+                                memory_format=torch.channels_last)
             for image in torch.unique(chunk_index).tolist():
+                if image not in integrals:
+                    integrals[image] = integral_image(pixels[image])
                 members = torch.nonzero(chunk_index == image).squeeze(1)
-                crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size)
+                crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size, integrals[image])
             yield crops

@@ -67,7 +67,7 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
         if array.dtype == np.uint16:
             array = (array.astype(np.float32) / 257.0)
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
-        array = np.asarray(image.convert("RGB"))
+        array = np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
     else:
         raise ImageReadError(f"{name}: unsupported image type {type(image).__name__}")
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32)

@@ -1,0 +1,171 @@
+"""Box ops against slow, obvious references, on inputs built to sit at the thresholds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtcnn import boxes as B
+
+
+def random_boxes(count: int, generator: torch.Generator, span: float = 100.0) -> torch.Tensor:
+    corners = torch.rand((count, 2), generator=generator) * span
+    sizes = torch.rand((count, 2), generator=generator) * span / 3 + 1
+    return torch.cat([corners, corners + sizes], dim=1)
+
+
+def slow_overlap(a: list[float], b: list[float], mode: str) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    area_a = (a[2] - a[0]) * (a[3] - a[1])
+    area_b = (b[2] - b[0]) * (b[3] - b[1])
+    return inter / (area_a + area_b - inter) if mode == "union" else inter / min(area_a, area_b)
+
+
+def slow_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: str, groups=None) -> list[int]:
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    kept: list[int] = []
+    for i in order:
+        if all(
+            (groups is not None and groups[i] != groups[k])
+            or slow_overlap(boxes[i].tolist(), boxes[k].tolist(), mode) <= threshold
+            for k in kept
+        ):
+            kept.append(i)
+    return kept
+
+
+def test_pairwise_overlaps_match_slow_reference():
+    generator = torch.Generator().manual_seed(0)
+    a, b = random_boxes(20, generator), random_boxes(15, generator)
+    iou, min_overlap = B.pairwise_iou(a, b), B.pairwise_min_overlap(a, b)
+    for i in range(len(a)):
+        for j in range(len(b)):
+            assert iou[i, j].item() == pytest.approx(slow_overlap(a[i].tolist(), b[j].tolist(), "union"), abs=1e-6)
+            assert min_overlap[i, j].item() == pytest.approx(slow_overlap(a[i].tolist(), b[j].tolist(), "min"),
+                                                             abs=1e-6)
+
+
+def test_min_overlap_of_nested_box_is_one():
+    outer = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    inner = torch.tensor([[2.0, 2.0, 5.0, 5.0]])
+    assert B.pairwise_min_overlap(outer, inner).item() == pytest.approx(1.0)
+    assert B.pairwise_iou(outer, inner).item() == pytest.approx(9 / 100)
+
+
+@pytest.mark.parametrize("mode", ["union", "min"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_nms_matches_slow_greedy_reference(mode, seed):
+    generator = torch.Generator().manual_seed(seed)
+    # Clustered boxes so that suppression chains occur.
+    centres = random_boxes(6, generator)[:, :2].repeat_interleave(10, dim=0)
+    jitter = torch.rand((60, 4), generator=generator) * 8
+    boxes = torch.cat([centres, centres + 20], dim=1) + jitter
+    scores = torch.rand(60, generator=generator)
+    groups = torch.randint(0, 3, (60,), generator=generator)
+    for threshold in (0.3, 0.5, 0.7):
+        got = B.nms(boxes, scores, threshold, mode=mode).tolist()
+        assert got == slow_nms(boxes, scores, threshold, mode)
+        got = B.nms(boxes, scores, threshold, mode=mode, groups=groups).tolist()
+        assert got == slow_nms(boxes, scores, threshold, mode, groups.tolist())
+
+
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_nms_keeps_a_box_whose_overlap_equals_the_threshold(mode):
+    # Overlap exactly 0.5 in both cases (exact in binary floating point).
+    second = [0.0, 0.0, 10.0, 5.0] if mode == "union" else [5.0, 0.0, 15.0, 10.0]
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], second])
+    scores = torch.tensor([0.9, 0.8])
+    assert B.nms(boxes, scores, 0.5, mode=mode).tolist() == [0, 1]
+    assert B.nms(boxes, scores, 0.499, mode=mode).tolist() == [0]
+
+
+def test_nms_of_no_boxes_is_empty():
+    assert B.nms(torch.zeros((0, 4)), torch.zeros(0), 0.5, mode="min").shape == (0,)
+
+
+def test_offsets_round_trip_and_scale_with_the_box():
+    generator = torch.Generator().manual_seed(4)
+    windows = B.square_boxes(random_boxes(30, generator))
+    targets = random_boxes(30, generator)
+    offsets = B.box_offsets(windows, targets)
+    assert torch.allclose(B.apply_box_offsets(windows, offsets), targets, atol=1e-4)
+    window = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
+    moved = B.apply_box_offsets(window, torch.tensor([[0.1, -0.1, 0.5, 0.0]]))
+    assert moved.tolist() == [[12.0, 18.0, 40.0, 40.0]]
+
+
+def test_square_boxes_keep_centre_and_take_longer_side():
+    squares = B.square_boxes(torch.tensor([[10.0, 10.0, 30.0, 50.0], [0.0, 0.0, 8.0, 2.0]]))
+    assert squares.tolist() == [[0.0, 10.0, 40.0, 50.0], [0.0, -3.0, 8.0, 5.0]]
+
+
+def test_clip_boxes():
+    clipped = B.clip_boxes(torch.tensor([[-5.0, 3.0, 120.0, 90.0]]), height=80, width=100)
+    assert clipped.tolist() == [[0.0, 3.0, 100.0, 80.0]]
+
+
+def test_pyramid_scales_cover_the_range_of_face_sizes():
+    scales = B.pyramid_scales(min_side=480, min_face_size=20, scale_factor=0.709)
+    assert scales[0] == pytest.approx(12 / 20)
+    assert all(b / a == pytest.approx(0.709) for a, b in zip(scales, scales[1:]))
+    assert 480 * scales[-1] >= 12 > 480 * scales[-1] * 0.709
+    assert B.pyramid_scales(min_side=11, min_face_size=12, scale_factor=0.7) == []
+    with pytest.raises(ValueError, match="scale_factor"):
+        B.pyramid_scales(100, 20, 1.0)
+
+
+def slow_area_crop(image: np.ndarray, box: list[float], size: int) -> np.ndarray:
+    """Zero-pad, cut the floored box, and average each output pixel's bin by hand."""
+    channels, height, width = image.shape
+    x1, y1, x2, y2 = (math.floor(v) for v in box)
+    box_w, box_h = max(1, x2 - x1), max(1, y2 - y1)
+    out = np.zeros((channels, size, size))
+    for i in range(size):
+        r0, r1 = y1 + (i * box_h) // size, y1 + -(-((i + 1) * box_h) // size)
+        for j in range(size):
+            c0, c1 = x1 + (j * box_w) // size, x1 + -(-((j + 1) * box_w) // size)
+            total = np.zeros(channels)
+            for r in range(r0, r1):
+                for c in range(c0, c1):
+                    if 0 <= r < height and 0 <= c < width:
+                        total += image[:, r, c]
+            out[:, i, j] = total / ((r1 - r0) * (c1 - c0))
+    return out
+
+
+def test_crop_and_resize_is_area_resampling_with_zero_padding():
+    generator = torch.Generator().manual_seed(5)
+    image = torch.rand((3, 30, 40), generator=generator) * 255
+    crop_boxes = torch.tensor([
+        [2.0, 3.0, 30.0, 27.0],     # inside, downscaled
+        [10.3, 5.9, 17.2, 12.8],    # smaller than the output: upscaled
+        [-6.0, -4.0, 20.0, 22.0],   # partly outside: zeros there
+        [35.0, 25.0, 50.0, 40.0],   # mostly outside
+    ])
+    crops = B.crop_and_resize(image, crop_boxes, 12)
+    assert crops.shape == (4, 3, 12, 12) and crops.dtype == torch.float32
+    for crop, box in zip(crops, crop_boxes.tolist()):
+        np.testing.assert_allclose(crop.numpy(), slow_area_crop(image.numpy(), box, 12), rtol=1e-5, atol=1e-3)
+
+
+def test_crop_and_resize_equals_torch_area_interpolation_inside_the_image():
+    generator = torch.Generator().manual_seed(6)
+    image = torch.rand((3, 64, 80), generator=generator) * 255
+    crop = B.crop_and_resize(image, torch.tensor([[5.0, 7.0, 54.0, 56.0]]), 24)[0]
+    expected = F.interpolate(image[None, :, 7:56, 5:54], size=(24, 24), mode="area")[0]
+    assert torch.allclose(crop, expected, atol=1e-3)
+    assert B.crop_and_resize(image, torch.zeros((0, 4)), 24).shape == (0, 3, 24, 24)
+
+
+def test_integral_image_paths_agree():
+    image = torch.rand((3, 17, 23), generator=torch.Generator().manual_seed(7)) * 255
+    table = B.integral_image(image)
+    assert table.shape == (18, 24, 3) and table.dtype == torch.float64
+    assert torch.allclose(table, B.integral_image_torch(image))
+    assert torch.allclose(table[-1, -1], image.double().sum(dim=(1, 2)))

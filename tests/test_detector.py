@@ -1,0 +1,168 @@
+"""The cascade: agreement with the reference implementation, input types, batching, edge cases."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mtcnn.boxes import pairwise_iou
+from mtcnn.detector import MTCNN, Faces
+
+SAMPLE = "samples/2007_007763.jpg"  # seven faces, 375 x 500
+
+
+@pytest.fixture(scope="module")
+def detector(reference_weights) -> MTCNN:
+    return MTCNN(reference_weights, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def reference(kit) -> dict:
+    return json.loads((kit / "reference_detections.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def reference_results(detector, reference, kit) -> tuple[list[str], list[Faces]]:
+    names = list(reference["images"])
+    return names, detector.detect([kit / name for name in names])
+
+
+def to_continuous(box: list[float]) -> list[float]:
+    """facenet-pytorch reports x1, y1 as 1-based pixel indices (MATLAB heritage: its crop of a box is
+    pixels x1 - 1 ... x2 - 1, 0-based); ours are continuous coordinates, so x1, y1 are one less."""
+    return [box[0] - 1, box[1] - 1, box[2], box[3]]
+
+
+def test_agrees_with_the_reference_implementation(reference, reference_results):
+    names, results = reference_results
+    assert reference["settings"]["min_face_size"] == 20 and reference["settings"]["thresholds"] == [0.6, 0.7, 0.7]
+    reference_faces = found = landmarks_close = our_faces = ours_matched = 0
+    for name, ours in zip(names, results):
+        theirs = [face for face in reference["images"][name]]
+        their_boxes = torch.tensor([to_continuous(face["box"]) for face in theirs]).reshape(-1, 4)
+        their_scores = torch.tensor([face["score"] for face in theirs])
+        their_points = torch.tensor([face["landmarks"] for face in theirs]).reshape(-1, 5, 2)
+        iou = pairwise_iou(their_boxes, torch.from_numpy(ours.boxes))
+        for i in torch.nonzero(their_scores >= 0.9).flatten().tolist():
+            reference_faces += 1
+            if iou.shape[1] and iou[i].max() >= 0.8:
+                found += 1
+                j = int(iou[i].argmax())
+                side = float((their_boxes[i, 2:] - their_boxes[i, :2]).max())
+                error = (torch.from_numpy(ours.landmarks[j]) - their_points[i]).norm(dim=1).max() / side
+                landmarks_close += bool(error <= 0.1)
+        for j in np.nonzero(ours.scores >= 0.9)[0]:
+            our_faces += 1
+            ours_matched += bool(iou.shape[0] and iou[:, j].max() >= 0.8)
+    assert reference_faces > 250
+    assert found / reference_faces >= 0.95, f"found {found} of {reference_faces} reference faces"
+    assert landmarks_close / found >= 0.95, f"landmarks within 10% for {landmarks_close} of {found}"
+    assert ours_matched / our_faces >= 0.95, f"{ours_matched} of our {our_faces} faces match the reference"
+
+
+def test_no_face_gives_empty_arrays(detector, kit):
+    faces = detector.detect(kit / "samples" / "dogs.jpg")
+    assert isinstance(faces, Faces) and len(faces) == 0
+    assert faces.boxes.shape == (0, 4) and faces.scores.shape == (0,) and faces.landmarks.shape == (0, 5, 2)
+    assert faces.boxes.dtype == faces.scores.dtype == faces.landmarks.dtype == np.float32
+
+
+def test_image_smaller_than_the_window_has_no_faces(detector):
+    results = detector.detect([np.full((11, 40, 3), 128, np.uint8), np.zeros((1, 1, 3), np.uint8)])
+    assert [len(faces) for faces in results] == [0, 0]
+
+
+def assert_same_faces(a: Faces, b: Faces, atol: float = 0.05) -> None:
+    assert len(a) == len(b)
+    np.testing.assert_allclose(a.boxes, b.boxes, atol=atol)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+    np.testing.assert_allclose(a.landmarks, b.landmarks, atol=atol)
+
+
+def test_input_types_give_the_same_faces(detector, kit):
+    path = kit / SAMPLE
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    expected = detector.detect(path)
+    assert len(expected) == 7
+    for image in (str(path), rgb, torch.from_numpy(rgb).permute(2, 0, 1), Image.open(path),
+                  rgb.astype(np.float32)):
+        assert_same_faces(detector.detect(image), expected)
+
+
+def test_batching_images_of_different_sizes_changes_nothing(detector, kit):
+    paths = [kit / SAMPLE, kit / "samples" / "astronaut.png", kit / "samples" / "2008_002079.jpg",
+             kit / "samples" / "dogs.jpg"]
+    one_by_one = [detector.detect(path) for path in paths]
+    chunked = MTCNN(nets=detector.nets, device="cpu", batch_size=3, pnet_pixel_budget=150_000, crop_budget=5)
+    for batched in (detector.detect(paths), chunked.detect(paths)):
+        for single, together in zip(one_by_one, batched):
+            assert_same_faces(together, single)
+
+
+def test_grayscale_rgba_16_bit_and_exif_rotated_files(detector, kit, tmp_path):
+    rgb = cv2.cvtColor(cv2.imread(str(kit / SAMPLE)), cv2.COLOR_BGR2RGB)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    cv2.imwrite(str(tmp_path / "gray.png"), gray)
+    cv2.imwrite(str(tmp_path / "rgba.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGRA))
+    cv2.imwrite(str(tmp_path / "deep.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR).astype(np.uint16) * 257)
+    # Stored rotated 90 degrees clockwise, with EXIF orientation 8 saying "rotate back".
+    rotated = Image.fromarray(np.ascontiguousarray(np.rot90(rgb, k=-1)))
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    rotated.save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+
+    upright = detector.detect(rgb)
+    for name in ("rgba.png", "deep.png"):
+        assert_same_faces(detector.detect(tmp_path / name), upright, atol=0.5)
+    gray_faces = detector.detect(tmp_path / "gray.png")
+    assert len(gray_faces) >= 5 and gray_faces.boxes.shape[1] == 4
+    exif_faces = detector.detect(tmp_path / "rotated.jpg")
+    assert len(exif_faces) == len(upright)
+    iou = pairwise_iou(torch.from_numpy(exif_faces.boxes), torch.from_numpy(upright.boxes))
+    assert (iou.max(dim=1).values > 0.8).all()
+
+
+def test_thousands_of_candidates_and_a_large_image(detector, kit):
+    # Thresholds of 0 let every P-Net window through: thousands of boxes reach R-Net and O-Net.
+    permissive = MTCNN(nets=detector.nets, device="cpu", thresholds=(0.0, 0.0, 0.0), min_face_size=40,
+                       crop_budget=512)
+    stages = permissive.detect_stages([kit / SAMPLE])[0]
+    assert len(stages["pnet"]) > 1000
+    assert len(stages["onet"]) > 7
+    large = cv2.resize(cv2.cvtColor(cv2.imread(str(kit / SAMPLE)), cv2.COLOR_BGR2RGB), (4000, 3000))
+    faces = MTCNN(nets=detector.nets, device="cpu", min_face_size=80).detect(large)
+    assert len(faces) >= 6
+
+
+def test_stage_outputs_narrow_down(detector, kit):
+    stages = detector.detect_stages([kit / SAMPLE], last_stage="onet")[0]
+    assert len(stages["pnet"]) >= len(stages["rnet"]) >= len(stages["onet"]) == 7
+    assert np.isnan(stages["pnet"].landmarks).all() and np.isfinite(stages["onet"].landmarks).all()
+    only_pnet = MTCNN(nets={"pnet": detector.nets["pnet"]}, device="cpu")
+    assert set(only_pnet.detect_stages([kit / SAMPLE], last_stage="pnet")[0]) == {"pnet"}
+    with pytest.raises(ValueError, match="needs weights for R-Net, O-Net"):
+        only_pnet.detect(kit / SAMPLE)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("thresholds", (0.6, 0.7), "thresholds needs 3 values"),
+    ("thresholds", (0.6, 0.7, 1.5), "threshold must be in"),
+    ("scale_factor", 1.2, "scale_factor must be in"),
+    ("min_face_size", 0, "min_face_size must be positive"),
+])
+def test_bad_settings_are_rejected(detector, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        MTCNN(nets=detector.nets, device="cpu", **{option: value})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_gives_the_cpu_result(detector, kit):
+    on_gpu = MTCNN(nets=copy.deepcopy(detector.nets), device="cuda")  # .to() would move the shared nets
+    assert_same_faces(on_gpu.detect(kit / SAMPLE), detector.detect(kit / SAMPLE), atol=0.5)

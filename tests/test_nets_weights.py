@@ -1,0 +1,133 @@
+"""The nets' shapes, and loading weights of both formats with clear errors for wrong files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mtcnn.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from mtcnn.errors import WeightsError
+from mtcnn.nets import NET_CLASSES, PNet, build_net
+from mtcnn.weights import load_net, resolve_weight_files
+
+
+@pytest.mark.parametrize("height, width", [(12, 12), (13, 12), (30, 41), (100, 64)])
+def test_pnet_map_size(height, width):
+    output = PNet()(torch.rand(2, 3, height, width) * 255)
+    rows, cols = -(-(height - 2) // 2) - 4, -(-(width - 2) // 2) - 4
+    assert output.logits.shape == (2, 2, rows, cols)
+    assert output.box.shape == (2, 4, rows, cols)
+    assert output.landmarks.shape == (2, 10, rows, cols)
+
+
+@pytest.mark.parametrize("stage, size", [("rnet", 24), ("onet", 48)])
+def test_refine_net_output_shapes(stage, size):
+    output = build_net(stage)(torch.rand(5, 3, size, size) * 255)
+    assert [tuple(t.shape) for t in output] == [(5, 2), (5, 4), (5, 10)]
+
+
+def test_unknown_stage_is_an_error():
+    with pytest.raises(ValueError, match="unknown stage 'qnet'"):
+        build_net("qnet")
+
+
+def facenet_style_forward(state: dict, stage: str, pixels: torch.Tensor) -> tuple:
+    """The original release's forward pass written out from its state dict: Caffe (W, H, C)
+    flatten before the dense layers, O-Net landmarks as x1..x5, y1..y5. The slow reference for
+    the conversion in mtcnn.weights."""
+    x = (pixels - 127.5) * 0.0078125
+
+    def conv(x, name):
+        x = F.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"])
+        return F.prelu(x, state[name.replace("conv", "prelu") + ".weight"])
+
+    if stage == "pnet":
+        x = conv(x, "conv1")
+        x = F.max_pool2d(x, 2, 2, ceil_mode=True)
+        x = conv(conv(x, "conv2"), "conv3")
+        return (F.conv2d(x, state["conv4_1.weight"], state["conv4_1.bias"]),
+                F.conv2d(x, state["conv4_2.weight"], state["conv4_2.bias"]), None)
+    x = F.max_pool2d(conv(x, "conv1"), 3, 2, ceil_mode=True)
+    x = F.max_pool2d(conv(x, "conv2"), 3, 2, ceil_mode=True)
+    if stage == "rnet":
+        x = conv(x, "conv3")
+        dense, heads = "dense4", ("dense5_1", "dense5_2", None)
+        prelu = "prelu4"
+    else:
+        x = F.max_pool2d(conv(x, "conv3"), 2, 2, ceil_mode=True)
+        x = conv(x, "conv4")
+        dense, heads = "dense5", ("dense6_1", "dense6_2", "dense6_3")
+        prelu = "prelu5"
+    x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+    x = F.prelu(F.linear(x, state[f"{dense}.weight"], state[f"{dense}.bias"]), state[f"{prelu}.weight"])
+    return tuple(None if head is None else F.linear(x, state[f"{head}.weight"], state[f"{head}.bias"])
+                 for head in heads)
+
+
+@pytest.mark.parametrize("stage, size", [("pnet", 40), ("rnet", 24), ("onet", 48)])
+def test_original_weights_load_with_caffe_layout_converted(reference_weights, stage, size):
+    state = torch.load(reference_weights / f"{stage}.pt", weights_only=True)
+    net = load_net(reference_weights / f"{stage}.pt", stage)
+    pixels = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255
+    ours = net(pixels)
+    logits, box, points = facenet_style_forward(state, stage, pixels)
+    assert torch.allclose(ours.logits, logits, atol=1e-4)
+    assert torch.allclose(ours.box, box, atol=1e-5)
+    if points is not None:
+        interleaved = torch.stack([points[:, :5], points[:, 5:]], dim=2).reshape(-1, 10)
+        assert torch.allclose(ours.landmarks, interleaved, atol=1e-5)
+    assert net.original_window_mapping
+
+
+def test_wrong_net_file_names_what_it_holds(reference_weights):
+    with pytest.raises(WeightsError, match="holds O-Net weights, expected P-Net"):
+        load_net(reference_weights / "onet.pt", "pnet")
+
+
+def test_foreign_and_corrupt_files_are_clear_errors(tmp_path):
+    garbage = tmp_path / "pnet.pt"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(WeightsError, match="pnet.pt: not a readable PyTorch file"):
+        load_net(garbage)
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, foreign)
+    with pytest.raises(WeightsError, match="not of an MTCNN net"):
+        load_net(foreign)
+    with pytest.raises(WeightsError, match="no such file"):
+        load_net(tmp_path / "missing.pt")
+
+
+def test_mis_shaped_state_is_reported(reference_weights, tmp_path):
+    state = torch.load(reference_weights / "pnet.pt", weights_only=True)
+    state["conv2.weight"] = torch.zeros(16, 10, 5, 5)
+    bad = tmp_path / "pnet.pt"
+    torch.save(state, bad)
+    with pytest.raises(WeightsError, match=r"conv2.weight has shape \(16, 10, 5, 5\)"):
+        load_net(bad)
+
+
+@pytest.mark.parametrize("stage", sorted(NET_CLASSES))
+def test_checkpoint_round_trip_gives_the_same_net(stage, tmp_path):
+    torch.manual_seed(0)
+    net = build_net(stage)
+    path = tmp_path / f"{stage}.pt"
+    atomic_save(make_checkpoint(stage, net, {"stage": stage}, epoch=3), path)
+    assert load_checkpoint(path)["epoch"] == 3
+    loaded = load_net(path, stage)
+    assert not loaded.original_window_mapping
+    size = {"pnet": 12, "rnet": 24, "onet": 48}[stage]
+    pixels = torch.rand(2, 3, size, size) * 255
+    for ours, theirs in zip(net.eval()(pixels), loaded(pixels)):
+        assert torch.equal(ours, theirs)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{stage}.pt"]  # no temporary left behind
+
+
+def test_weight_folder_must_hold_all_three(tmp_path):
+    (tmp_path / "pnet.pt").write_bytes(b"")
+    with pytest.raises(WeightsError, match="missing rnet.pt, onet.pt"):
+        resolve_weight_files(tmp_path)
+    with pytest.raises(WeightsError, match="must be a folder"):
+        resolve_weight_files(tmp_path / "pnet.pt")
+    with pytest.raises(WeightsError, match="unknown stage"):
+        resolve_weight_files({"qnet": tmp_path})
