@@ -355,6 +355,9 @@ def _check_detector_record(save_dir: Path, settings: Mapping[str, Any]) -> None:
             raise DataError(f"{save_dir}: holds predictions of a detector with other settings "
                             f"({', '.join(changed)} differ, see {DETECTOR_RECORD}); use another folder or empty it")
     else:
+        if save_dir.is_dir() and any(save_dir.iterdir()):
+            raise DataError(f"{save_dir}: not empty and without {DETECTOR_RECORD}, so its files may come from "
+                            "another detector; use an empty or new folder")
         _atomic_write_text(record, json.dumps(wanted, indent=1) + "\n")
 
 

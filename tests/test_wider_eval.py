@@ -362,6 +362,9 @@ def test_detect_wider_saves_resumes_and_refuses_other_settings(kit, tmp_path):
     assert evaluate_wider(subset, first).to_dict() == evaluate_wider(subset, second).to_dict()
     with pytest.raises(DataError, match="min_face_size differ"):
         detect_wider(detector, subset, images, save, {"min_face_size": 10}, progress=False)
+    (save / DETECTOR_RECORD).unlink()
+    with pytest.raises(DataError, match="not empty and without detector.json"):
+        detect_wider(detector, subset, images, save, {"min_face_size": 20}, progress=False)
     with pytest.raises(DataError, match="image listed in the ground truth not found"):
         detect_wider(detector, subset, tmp_path, None, progress=False)
 
