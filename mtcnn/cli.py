@@ -169,8 +169,8 @@ def _add_eval_parser(subparsers) -> None:
                            help="folder the list's image paths are relative to (default: the list's folder)")
     landmarks.add_argument("--use-boxes", action="store_true",
                            help="run O-Net on the annotated boxes instead of detecting the faces")
-    landmarks.add_argument("--match-iou", type=float, default=0.3, metavar="T",
-                           help="a detection locates an annotated face when their IoU is at least T (default 0.3)")
+    landmarks.add_argument("--match-iou", type=float, default=0.5, metavar="T",
+                           help="a detection locates an annotated face when their IoU is at least T (default 0.5)")
     landmarks.add_argument("--failure-threshold", type=float, default=0.1, metavar="E",
                            help="a face fails when its mean normalised error exceeds E (default 0.1)")
     add_detector_options(landmarks)

@@ -51,6 +51,8 @@ GROUND_TRUTH_FILES = {"all": "wider_face_val.mat", "easy": "wider_easy_val.mat",
                       "medium": "wider_medium_val.mat", "hard": "wider_hard_val.mat"}
 IOU_THRESHOLD = 0.5
 NUM_THRESHOLDS = 1000
+#: The file in a ``--save-predictions`` folder recording which detector wrote it.
+DETECTOR_RECORD = "detector.json"
 
 
 # ------------------------------------------------------------------------------ ground truth
@@ -277,10 +279,6 @@ def read_prediction_dir(pred_dir: str | Path, ground_truth: WiderGroundTruth) ->
         log.warning("%d of %d images have no prediction file in %s (scored as no detections), e.g. %s",
                     len(missing), len(ground_truth.images), pred_dir, missing[0])
     return PredictionSet(rows, missing)
-
-
-#: The file in a ``--save-predictions`` folder recording which detector wrote it.
-DETECTOR_RECORD = "detector.json"
 
 
 def image_path(images_dir: str | Path, image: WiderGroundTruthImage) -> Path:
