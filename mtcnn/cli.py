@@ -318,6 +318,81 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ mtcnn prep
+
+
+def _add_prep_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prep", help="prepare training samples (P-Net, R-Net, O-Net sets) and inspect them",
+        description="Turn annotated images into a packed sample store for one net; resumable: run the same "
+                    "command again after an interruption.")
+    commands = parser.add_subparsers(dest="prep_command", metavar="STAGE", required=True)
+    earlier = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}
+    for stage, needs in earlier.items():
+        what = "random crops around the faces" if stage == "pnet" else f"boxes mined with {' + '.join(needs)}"
+        sub = commands.add_parser(stage, help=f"{stage} samples: {what}, plus landmark crops",
+                                  description=f"Prepare the {stage} sample store from {what} and the landmark list.")
+        sub.add_argument("--config", type=Path, default=Path(f"configs/{stage}.yaml"),
+                         help=f"stage config (default configs/{stage}.yaml)")
+        sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the sample store")
+        sub.add_argument("--split", choices=("train", "val"), default="train",
+                         help="train: WIDER_train + landmark train list; val: WIDER_val + landmark test list")
+        sub.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="worker processes (default: one per CPU core; mining on a GPU uses one)")
+        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set prep.seed=1 (repeatable)")
+        sub.add_argument("--overwrite", action="store_true",
+                         help="replace a store in DIR prepared with other settings")
+        for net in needs:
+            sub.add_argument(f"--{net}", type=Path, required=True, metavar="CKPT",
+                             help=f"{net} weights: a checkpoint of this project or the original release's file")
+        if needs:
+            sub.add_argument("--device", default="auto", help="auto, cpu or cuda for the mining nets (default auto)")
+        sub.set_defaults(run=_run_prep, stage=stage, needs=needs)
+    inspect = commands.add_parser("inspect", help="draw random samples of each label with their targets",
+                                  description="Save a grid of random samples of each label, with box and landmark "
+                                              "targets drawn back onto the upscaled crops.")
+    inspect.add_argument("store", type=Path, help="sample store folder")
+    inspect.add_argument("--out", type=Path, required=True, metavar="FILE.png", help="image to write")
+    inspect.add_argument("--per-label", type=int, default=12, metavar="N", help="samples per label (default 12)")
+    inspect.add_argument("--seed", type=int, default=0, help="which random samples (default 0)")
+    inspect.set_defaults(run=_run_prep_inspect)
+
+
+def _run_prep(args: argparse.Namespace) -> int:
+    from mtcnn.config import load_config
+    from mtcnn.detector import resolve_device
+    from mtcnn.prep_runner import default_workers, format_summary, prepare
+
+    config = load_config(args.config, args.overrides)
+    device = "cpu"
+    if args.needs:
+        try:
+            device = str(resolve_device(args.device))
+        except ValueError as exc:
+            raise MtcnnError(str(exc)) from None
+    workers = args.workers if args.workers is not None else default_workers()
+    if workers < 1:
+        raise MtcnnError(f"--workers must be at least 1, got {workers}")
+    summary = prepare(args.stage, config, args.out, split=args.split, workers=workers, overwrite=args.overwrite,
+                      weights={net: getattr(args, net) for net in args.needs}, device=device)
+    print(format_summary(summary))
+    return 0
+
+
+def _run_prep_inspect(args: argparse.Namespace) -> int:
+    from mtcnn.draw import write_image
+    from mtcnn.sample_grid import inspect_grid
+    from mtcnn.store import SampleStore
+
+    if args.per_label < 1:
+        raise MtcnnError(f"--per-label must be at least 1, got {args.per_label}")
+    store = SampleStore.open(args.store)
+    write_image(args.out, inspect_grid(store, args.per_label, args.seed))
+    print(f"{args.out}: {args.per_label} random samples per label of {args.store} ({len(store):,} samples)")
+    return 0
+
+
 # ------------------------------------------------------------------------------ mtcnn bench
 
 
@@ -337,6 +412,7 @@ def _add_bench_parser(subparsers) -> None:
     detect.add_argument("--device", default="auto")
     detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
     detect.set_defaults(run=_run_bench_detect)
+    _add_bench_prep_parser(benches)
 
 
 def _run_bench_detect(args: argparse.Namespace) -> int:
@@ -352,6 +428,46 @@ def _run_bench_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_prep_parser(benches) -> None:
+    prep = benches.add_parser("prep", help="sample preparation wall time and crops/s on the train set",
+                              description="Prepare a whole train set from scratch several times (into a scratch "
+                                          "folder, deleted afterwards) and print median wall time, crops/s and "
+                                          "CPU seconds.")
+    prep.add_argument("--stage", choices=("pnet", "rnet", "onet"), default="pnet")
+    prep.add_argument("--config", type=Path, default=None, help="stage config (default configs/STAGE.yaml)")
+    prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config value (repeatable)")
+    prep.add_argument("--pnet", type=Path, default=None, metavar="CKPT", help="P-Net weights (rnet, onet)")
+    prep.add_argument("--rnet", type=Path, default=None, metavar="CKPT", help="R-Net weights (onet)")
+    prep.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
+                      help="worker counts to time (default: one per CPU core)")
+    prep.add_argument("--repeats", type=int, default=3, help="timed runs per worker count (default 3)")
+    prep.add_argument("--device", default="cpu", help="device of the mining nets (default cpu)")
+    prep.add_argument("--scratch", type=Path, default=None, metavar="DIR",
+                      help="where the temporary stores go (default: the system's temporary folder)")
+    prep.set_defaults(run=_run_bench_prep)
+
+
+def _run_bench_prep(args: argparse.Namespace) -> int:
+    from mtcnn.bench import machine_description
+    from mtcnn.config import load_config
+    from mtcnn.prep_bench import bench_prep, format_prep_table
+    from mtcnn.prep_runner import default_workers
+
+    config = load_config(args.config or Path(f"configs/{args.stage}.yaml"), args.overrides)
+    needs = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}[args.stage]
+    missing = [f"--{net}" for net in needs if getattr(args, net) is None]
+    if missing:
+        raise MtcnnError(f"bench prep --stage {args.stage} needs {' and '.join(missing)}")
+    if args.repeats < 1:
+        raise MtcnnError(f"--repeats must be at least 1, got {args.repeats}")
+    workers = args.workers or [default_workers()]
+    rows = bench_prep(args.stage, config, workers, args.repeats, {net: getattr(args, net) for net in needs},
+                      args.device, args.scratch)
+    print(format_prep_table(rows, machine_description(args.device), args.repeats))
+    return 0
+
+
 # ------------------------------------------------------------------------------ entry points
 
 
@@ -361,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_detect_parser(subparsers)
+    _add_prep_parser(subparsers)
     _add_eval_parser(subparsers)
     _add_export_parser(subparsers)
     _add_bench_parser(subparsers)

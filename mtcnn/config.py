@@ -259,11 +259,95 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomCropConfig:
+    """P-Net samples cut at random around each face and across each image (paper, section 2.4,
+    and its released generation code)."""
+
+    negatives_per_image: int = setting(50, low=0, doc="random negative squares sought anywhere in each image")
+    negatives_near_face: int = setting(5, low=0, doc="tries per face for a negative square overlapping it a little")
+    crops_per_face: int = setting(20, low=0, doc="jittered squares tried per face, labelled positive or part by IoU")
+    centre_jitter: float = setting(0.2, low=0.0, high=1.0,
+                                   doc="largest shift of a jittered square's centre, in face widths/heights")
+    size_range: tuple[float, float] = setting((0.8, 1.25), low=0.0, low_open=True,
+                                              doc="jittered side from low x shorter face side to high x longer side")
+    negative_max_fraction: float = setting(0.5, low=0.0, high=1.0, low_open=True,
+                                           doc="largest negative side, as a fraction of the image's shorter side")
+    negative_rounds: int = setting(4, low=1, doc="rounds of drawing random negatives in crowded images")
+
+    def __post_init__(self) -> None:
+        if self.size_range[0] > self.size_range[1]:
+            raise ValueError(f"size_range: low {self.size_range[0]} is above high {self.size_range[1]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkCropConfig:
+    """Landmark samples: jittered crops of each face of the landmark list, some mirrored and
+    rotated. The paper gives no numbers for this augmentation; these are its released code's."""
+
+    crops_per_face: int = setting(10, low=0, doc="jittered squares tried per landmark face")
+    min_iou: float = setting(0.65, low=0.0, high=1.0, doc="a crop is kept when its IoU with the face is above this")
+    centre_jitter: float = setting(0.2, low=0.0, high=1.0,
+                                   doc="largest shift of a crop's centre, as a fraction of face width/height")
+    size_range: tuple[float, float] = setting((0.8, 1.25), low=0.0, low_open=True,
+                                              doc="crop side from low x shorter face side to high x longer side")
+    mirror_probability: float = setting(0.5, low=0.0, high=1.0,
+                                        doc="chance a crop is mirrored (points mirrored, left/right swapped)")
+    rotate_probability: float = setting(0.5, low=0.0, high=1.0, doc="chance a crop is rotated")
+    max_rotation: float = setting(10.0, low=0.0, high=45.0, doc="largest rotation in degrees, either way")
+
+    def __post_init__(self) -> None:
+        if self.size_range[0] > self.size_range[1]:
+            raise ValueError(f"size_range: low {self.size_range[0]} is above high {self.size_range[1]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrepConfig:
+    """Training-sample generation (``mtcnn prep``): labelling thresholds, sampling and sharding."""
+
+    seed: int = setting(0, low=0, doc="random seed; each image's generator is derived from it and the image's index")
+    negative_iou: float = setting(0.3, low=0.0, high=1.0, doc="negative: IoU with every face below this")
+    part_iou: float = setting(0.4, low=0.0, high=1.0, doc="part face: best IoU at least this (and below positive_iou)")
+    positive_iou: float = setting(0.65, low=0.0, high=1.0, doc="positive: best IoU at least this")
+    min_face_size: float = setting(20.0, low=0.0,
+                                   doc="faces whose longer side is below this (px) give no positives or parts, "
+                                       "but still count as faces for negatives")
+    random: RandomCropConfig = setting(default_factory=RandomCropConfig)
+    landmarks: LandmarkCropConfig = setting(default_factory=LandmarkCropConfig)
+    images_per_shard: int = setting(32, low=1, doc="WIDER images per shard (the unit of resuming and of work)")
+    faces_per_shard: int = setting(512, low=1, doc="landmark faces per shard")
+    limit_images: int | None = setting(None, low=0, doc="use only the first N WIDER images (quick runs); null: all")
+    limit_landmark_faces: int | None = setting(None, low=0, doc="use only the first N landmark faces; null: all")
+
+    def __post_init__(self) -> None:
+        if not self.negative_iou <= self.part_iou <= self.positive_iou:
+            raise ValueError(f"need negative_iou <= part_iou <= positive_iou, got {self.negative_iou}, "
+                             f"{self.part_iou}, {self.positive_iou}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MiningConfig:
+    """How R-Net and O-Net samples are mined: the earlier stages run as a detector over the
+    training images, and their boxes are labelled by IoU with the faces."""
+
+    min_face_size: float = setting(20.0, low=0.0, low_open=True, doc="smallest face side the detector seeks (px)")
+    scale_factor: float = setting(0.709, low=0.0, high=1.0, low_open=True, doc="ratio between pyramid levels")
+    thresholds: tuple[float, float] = setting((0.6, 0.7), low=0.0, high=1.0,
+                                              doc="face-probability thresholds of P-Net and R-Net")
+    nms_thresholds: tuple[float, float, float] = setting(
+        (0.5, 0.7, 0.7), low=0.0, high=1.0, doc="NMS IoU: P-Net within a pyramid level, P-Net across levels, R-Net")
+    max_negatives_per_image: int = setting(60, low=0, doc="keep at most this many negative boxes per image "
+                                                          "(a random subset)")
+    batch_size: int = setting(16, low=1, doc="images per detector batch")
+
+
+@dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage's config file (``configs/pnet.yaml`` ...): the sections each command reads."""
 
     stage: str = setting(choices=("pnet", "rnet", "onet"), doc="which net this file configures")
     data: DataConfig = setting(default_factory=DataConfig)
+    prep: PrepConfig = setting(default_factory=PrepConfig)
+    mining: MiningConfig = setting(default_factory=MiningConfig)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StageConfig:

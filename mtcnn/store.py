@@ -164,6 +164,27 @@ def read_shard_meta(store_dir: str | Path, index: int) -> dict[str, Any] | None:
         return None
 
 
+def complete_shard_meta(store_dir: str | Path, index: int) -> dict[str, Any] | None:
+    """The metadata of shard ``index`` if the shard is whole: its ``shard.json`` readable and
+    every array file it lists present, untruncated and of its sample count; else None.
+
+    Shards are renamed into place only when complete, but a file can still be damaged or
+    removed afterwards; preparation redoes such a shard instead of trusting its metadata.
+    """
+    meta = read_shard_meta(store_dir, index)
+    if meta is None or not isinstance(meta.get("count"), int):
+        return None
+    folder = Path(store_dir) / SHARDS_DIR / shard_name(index)
+    for name in (*ARRAY_NAMES, *meta.get("extras", [])):
+        try:
+            array = _load_array(folder / f"{name}.npy", mmap=True)
+        except DataError:
+            return None
+        if array.ndim < 1 or array.shape[0] != meta["count"]:
+            return None
+    return meta
+
+
 def remove_temporary_shards(store_dir: str | Path) -> None:
     """Delete what interrupted shard writes left behind (hidden ``*.tmp`` folders)."""
     shards = Path(store_dir) / SHARDS_DIR
