@@ -82,6 +82,11 @@ def _load_state_into(net: nn.Module, state: Mapping[str, torch.Tensor], path: Pa
                 f"{tuple(expected[key].shape)}"
             )
     net.load_state_dict(state, strict=False)
+    # Heads the file lacks are zeroed rather than left at their random initialisation, so that two
+    # loads (or exports) of the same file give the same net.
+    with torch.no_grad():
+        for key in allowed_missing:
+            net.get_parameter(key).zero_()
 
 
 def load_net(path: str | Path, stage: str | None = None) -> nn.Module:

@@ -78,6 +78,8 @@ def test_original_weights_load_with_caffe_layout_converted(reference_weights, st
         interleaved = torch.stack([points[:, :5], points[:, 5:]], dim=2).reshape(-1, 10)
         assert torch.allclose(ours.landmarks, interleaved, atol=1e-5)
     assert net.original_window_mapping
+    again = load_net(reference_weights / f"{stage}.pt", stage)
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
 
 
 def test_wrong_net_file_names_what_it_holds(reference_weights):
