@@ -187,6 +187,24 @@ def _area_bins(start: torch.Tensor, length: torch.Tensor, size: int) -> tuple[to
     return first, end
 
 
+def resize_from_integral(integral: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Area-resample a whole image to ``[C, height, width]`` float32 from its summed-area table
+    ``[H + 1, W + 1, C]``: the same bins, hence the same pixels, as
+    ``F.interpolate(image, size=(height, width), mode="area")``.
+
+    Its cost grows with the output rather than the input, so it is the cheaper way to make the
+    smaller levels of an image pyramid once the table exists.
+    """
+    rows, cols = integral.shape[0] - 1, integral.shape[1] - 1
+    origin = torch.zeros(1, dtype=torch.long, device=integral.device)
+    row_first, row_end = (bins[0] for bins in _area_bins(origin, origin + rows, height))
+    col_first, col_end = (bins[0] for bins in _area_bins(origin, origin + cols, width))
+    band_sums = integral.index_select(0, row_end) - integral.index_select(0, row_first)  # [height, W + 1, C]
+    total = band_sums.index_select(1, col_end) - band_sums.index_select(1, col_first)  # [height, width, C]
+    count = ((row_end - row_first)[:, None] * (col_end - col_first)[None, :]).to(torch.float64)
+    return (total / count[..., None]).to(torch.float32).permute(2, 0, 1)
+
+
 def crop_and_resize(
     image: torch.Tensor, boxes: torch.Tensor, size: int, integral: torch.Tensor | None = None
 ) -> torch.Tensor:

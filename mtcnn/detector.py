@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcnn.boxes import (apply_box_offsets, crop_and_resize, integral_image, nms, pyramid_scales, scaled_size,
-                         square_boxes)
+from mtcnn.boxes import (apply_box_offsets, crop_and_resize, integral_image, nms, pyramid_scales,
+                         resize_from_integral, scaled_size, square_boxes)
 from mtcnn.images import ImageInput, to_pixel_tensor
 from mtcnn.nets import INPUT_SIZES, STAGES
 from mtcnn.weights import STAGE_NAMES, load_net, resolve_weight_files
@@ -190,16 +190,17 @@ class MTCNN:
     def _run_cascade(self, pixels: list[torch.Tensor], stages: Sequence[str]) -> dict[str, list[Faces]]:
         count = len(pixels)
         out: dict[str, list[Faces]] = {}
-        candidates = self._pnet_stage(pixels)
+        # Summed-area tables: the smaller pyramid levels and every R-Net and O-Net crop come from them.
+        integrals = [integral_image(image) for image in pixels]
+        candidates = self._pnet_stage(pixels, integrals)
         out["pnet"] = candidates.per_image(count)
-        integrals: dict[int, torch.Tensor] = {}  # summed-area tables, shared by R-Net and O-Net crops
         for stage in ("rnet", "onet"):
             if stage in stages:
                 candidates = self._refine_stage(pixels, integrals, candidates, stage)
                 out[stage] = candidates.per_image(count)
         return out
 
-    def _pnet_stage(self, pixels: list[torch.Tensor]) -> _Candidates:
+    def _pnet_stage(self, pixels: list[torch.Tensor], integrals: list[torch.Tensor]) -> _Candidates:
         """Windows P-Net scores above its threshold, over the whole pyramid of every image,
         after per-level and cross-level NMS and box regression."""
         pnet = self.nets["pnet"]
@@ -210,7 +211,7 @@ class MTCNN:
         for level, scale in enumerate(scales):
             members = [i for i, side in enumerate(min_sides) if side * scale >= PNET_WINDOW]
             for batch in self._pnet_batches(pixels, members, scale):
-                level_candidates, level_offsets = self._pnet_forward(pnet, pixels, batch, scale)
+                level_candidates, level_offsets = self._pnet_forward(pnet, pixels, integrals, batch, scale)
                 # NMS within one level of one image; groups keep images apart.
                 keep = nms(level_candidates.boxes, level_candidates.scores, self.nms_thresholds[0],
                            groups=level_candidates.image_index)
@@ -250,7 +251,8 @@ class MTCNN:
         return batches
 
     def _pnet_forward(
-        self, pnet: nn.Module, pixels: list[torch.Tensor], batch: list[int], scale: float
+        self, pnet: nn.Module, pixels: list[torch.Tensor], integrals: list[torch.Tensor], batch: list[int],
+        scale: float
     ) -> tuple[_Candidates, torch.Tensor]:
         """P-Net over one batch of one pyramid level: candidate windows in original-image
         pixels ``[M, 4]``, their scores and image indices, and their box offsets ``[M, 4]``."""
@@ -259,7 +261,11 @@ class MTCNN:
         scaled = torch.empty((len(batch), 3, height, width), device=self.device, memory_format=torch.channels_last)
         scaled.zero_()
         for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
-            scaled[slot, :, :h, :w] = F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
+            # Same pixels either way; the table is cheaper below half size (its cost follows the output).
+            if scale < 0.5:
+                scaled[slot, :, :h, :w] = resize_from_integral(integrals[index], h, w)
+            else:
+                scaled[slot, :, :h, :w] = F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
         logits, offsets = pnet.forward_detect(scaled)
         probability = torch.softmax(logits, dim=1)[:, 1]  # [B, rows, cols]
         rows = torch.arange(probability.shape[1], device=self.device)
@@ -288,7 +294,7 @@ class MTCNN:
         return candidates, offsets[slot, :, row, col]
 
     def _refine_stage(
-        self, pixels: list[torch.Tensor], integrals: dict[int, torch.Tensor], previous: _Candidates, stage: str
+        self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], previous: _Candidates, stage: str
     ) -> _Candidates:
         """R-Net or O-Net on square crops around the previous stage's boxes."""
         net = self.nets[stage]
@@ -323,18 +329,16 @@ class MTCNN:
                    groups=candidates.image_index)
         return candidates.select(keep)
 
-    def _crop_chunks(self, pixels: list[torch.Tensor], integrals: dict[int, torch.Tensor], windows: torch.Tensor,
+    def _crop_chunks(self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], windows: torch.Tensor,
                      image_index: torch.Tensor, size: int):
         """Yield ``[n, 3, size, size]`` crops of ``windows`` in their order, at most
-        ``crop_budget`` at a time; ``integrals`` caches each image's summed-area table."""
+        ``crop_budget`` at a time, from each image's summed-area table."""
         for start in range(0, windows.shape[0], self.crop_budget):
             chunk_windows = windows[start:start + self.crop_budget]
             chunk_index = image_index[start:start + self.crop_budget]
             crops = torch.empty((chunk_windows.shape[0], 3, size, size), device=self.device,
                                 memory_format=torch.channels_last)
             for image in torch.unique(chunk_index).tolist():
-                if image not in integrals:
-                    integrals[image] = integral_image(pixels[image])
                 members = torch.nonzero(chunk_index == image).squeeze(1)
                 crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size, integrals[image])
             yield crops

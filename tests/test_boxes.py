@@ -169,3 +169,12 @@ def test_integral_image_paths_agree():
     assert table.shape == (18, 24, 3) and table.dtype == torch.float64
     assert torch.allclose(table, B.integral_image_torch(image))
     assert torch.allclose(table[-1, -1], image.double().sum(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("height, width", [(30, 41), (7, 9), (64, 80), (1, 1)])
+def test_resize_from_integral_equals_torch_area_interpolation(height, width):
+    image = torch.rand((3, 64, 80), generator=torch.Generator().manual_seed(8)) * 255
+    resized = B.resize_from_integral(B.integral_image(image), height, width)
+    expected = F.interpolate(image[None], size=(height, width), mode="area")[0]
+    assert resized.shape == (3, height, width)
+    assert torch.allclose(resized, expected, atol=1e-3)
