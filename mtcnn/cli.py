@@ -468,6 +468,32 @@ def _run_prep_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------ mtcnn pipeline
+
+
+def _add_pipeline_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "pipeline", help="prepare, train and evaluate the whole cascade, resumably",
+        description="Run every step from data to a measured detector: prep, train and recall check for P-Net, "
+                    "R-Net and O-Net, then WIDER FACE AP and landmark error. Finished steps are skipped, so the "
+                    "same command resumes an interrupted run.")
+    parser.add_argument("--config", type=Path, default=Path("configs/pipeline.yaml"), metavar="YAML",
+                        help="pipeline config (default configs/pipeline.yaml)")
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override pipeline config values, e.g. run_dir=runs/try2")
+    parser.set_defaults(run=_run_pipeline)
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    import json
+
+    from mtcnn.pipeline import run_pipeline
+
+    summary = run_pipeline(args.config, args.overrides)
+    print(json.dumps({key: summary[key] for key in ("wider_ap", "landmarks", "seconds")}, indent=1))
+    return 0
+
+
 # ------------------------------------------------------------------------------ mtcnn bench
 
 
@@ -597,6 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prep_parser(subparsers)
     _add_eval_parser(subparsers)
     _add_export_parser(subparsers)
+    _add_pipeline_parser(subparsers)
     _add_bench_parser(subparsers)
     return parser
 

@@ -1,0 +1,93 @@
+"""The whole pipeline on a tiny slice of the kit: every step runs, a second run skips them all,
+and a lost output is redone alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mtcnn.detector import MTCNN
+from mtcnn.errors import ConfigError
+from mtcnn.pipeline import Pipeline, load_pipeline_config, run_pipeline
+from mtcnn.weights import load_net
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_stage(stage: str, kit: Path, reference_weights: Path) -> list[str]:
+    """Overrides making one stage's prep and training take seconds: a few images, a few steps,
+    starting from the original weights so that mining with the trained nets finds faces."""
+    return [
+        f"data.wider_train_images={kit}/widerface/WIDER_train/images",
+        f"data.wider_train_annotations={kit}/widerface/wider_face_split/wider_face_train_bbx_gt.txt",
+        f"data.wider_val_images={kit}/widerface/WIDER_val/images",
+        f"data.wider_val_annotations={kit}/widerface/wider_face_split/wider_face_val_bbx_gt.txt",
+        f"data.landmark_train_list={kit}/landmarks/trainImageList.txt",
+        f"data.landmark_val_list={kit}/landmarks/testImageList.txt",
+        "prep.limit_images=4", "prep.limit_landmark_faces=24",
+        f"train.init_weights={reference_weights}/{stage}.pt",
+        "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=32", "train.chunk_size=256",
+        "train.schedule.warmup_steps=0", "train.val_image_count=0",
+    ]
+
+
+@pytest.fixture()
+def pipeline_config(kit: Path, reference_weights: Path, tmp_path: Path) -> Path:
+    landmark_list = tmp_path / "landmarks.txt"
+    lines = (kit / "landmarks" / "testImageList.txt").read_text().splitlines()[:12]
+    landmark_list.write_text("".join(f"{kit / 'landmarks' / line}\n" for line in lines))
+    document = {
+        "run_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "workers": 1,
+        **{stage: {"config": str(REPO / "configs" / f"{stage}.yaml"),
+                   "overrides": tiny_stage(stage, kit, reference_weights)} for stage in ("pnet", "rnet", "onet")},
+        "evaluate": {"wider_settings": [], "landmark_list": str(landmark_list), "recall_images": 4},
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_step_then_resumes_without_redoing_work(pipeline_config, kit, caplog):
+    caplog.set_level(logging.INFO, logger="mtcnn.pipeline")
+    summary = run_pipeline(pipeline_config)
+    run = Path(yaml.safe_load(pipeline_config.read_text())["run_dir"])
+    steps = [name for name, _, _ in Pipeline(load_pipeline_config(pipeline_config)).steps()]
+    assert set(summary["seconds"]) == set(steps)
+
+    for stage in ("pnet", "rnet", "onet"):
+        assert load_net(run / "weights" / f"{stage}.pt", stage) is not None
+        assert (run / "prep" / f"{stage}-train" / "manifest.json").is_file()
+    detector = MTCNN(run / "weights", device="cpu")
+    assert len(detector.detect(kit / "samples" / "2007_007763.jpg")) > 0
+    assert np.isfinite(summary["landmarks"]["nme"]) and summary["landmarks"]["faces"] == 12
+    assert set(summary["recall"]) == {"pnet", "rnet"}
+
+    caplog.clear()
+    run_pipeline(pipeline_config)
+    assert sum("done, skipped" in message for message in caplog.messages) == len(steps)
+    assert json.loads((run / "timings.json").read_text()) == summary["seconds"]
+
+    (run / "weights" / "rnet.pt").unlink()  # as if stopped after training R-Net, before its export
+    caplog.clear()
+    run_pipeline(pipeline_config)
+    redone = [message for message in caplog.messages if message.startswith("== ") and "skipped" not in message]
+    assert redone == ["== train rnet"]
+    assert (run / "weights" / "rnet.pt").is_file()
+
+
+def test_pipeline_config_is_strict(tmp_path):
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("run_dir: x\nevaluate:\n  wider_setting: []\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'evaluate.wider_setting'; did you mean wider_settings"):
+        load_pipeline_config(path)
+    path.write_text("workers: 0\n")
+    with pytest.raises(ConfigError, match="workers: must be >= 1"):
+        load_pipeline_config(path)
