@@ -501,6 +501,8 @@ class MiningConfig:
     max_negatives_per_image: int = setting(60, low=0, doc="keep at most this many negative boxes per image "
                                                           "(a random subset)")
     batch_size: int = setting(16, low=1, doc="images per detector batch")
+    face_crops_per_face: int = setting(0, low=0, doc="jittered squares per usable face added to the mined boxes "
+                                                     "(kept when positive or part, as for P-Net); 0: mined only")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,8 @@ from mtcnn.boxes import square_boxes
 from mtcnn.config import MiningConfig, PrepConfig
 from mtcnn.datasets import WiderImage
 from mtcnn.detector import MTCNN
-from mtcnn.prep import UNUSED, Samples, box_targets, cut_crops, iou_matrix, label_windows, usable_faces
+from mtcnn.prep import (UNUSED, Samples, box_targets, cut_crops, iou_matrix, jittered_face_windows, label_windows,
+                        usable_faces)
 from mtcnn.store import LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 from mtcnn.weights import load_net
 
@@ -79,6 +80,14 @@ def mine_image(image: np.ndarray, annotation: WiderImage, windows: np.ndarray, r
     boxes = np.zeros((len(windows), 4), np.float32)
     faced = labels != LABEL_NEGATIVE
     boxes[faced] = box_targets(windows[faced], faces[best[faced]])
+    if mining.face_crops_per_face:
+        # The earlier nets' boxes hold few positives; jittered squares around the faces add more
+        # (and part faces), cut the same way, so the next net sees enough faces to learn from.
+        extra_windows, extra_labels, extra_boxes = jittered_face_windows(rng, faces, usable, prep,
+                                                                         mining.face_crops_per_face, size)
+        windows = np.concatenate([windows, extra_windows])
+        labels = np.concatenate([labels, extra_labels])
+        boxes = np.concatenate([boxes, extra_boxes])
     samples = Samples(images=cut_crops(image, windows, size), labels=labels, boxes=boxes,
                       landmarks=np.zeros((len(windows), 10), np.float32), windows=windows.astype(np.float32),
                       mirrored=np.zeros(len(windows), bool), rotation=np.zeros(len(windows), np.float32))

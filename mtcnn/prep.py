@@ -217,6 +217,24 @@ def near_face_negative_windows(rng: np.random.Generator, height: int, width: int
     return windows[iou_matrix(windows, faces).max(axis=1, initial=0.0) < config.negative_iou]
 
 
+def jittered_face_windows(rng: np.random.Generator, faces: np.ndarray, usable: np.ndarray, config: PrepConfig,
+                          tries: int, size: int, image_size: tuple[int, int] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``tries`` jittered squares around each usable face (``random.centre_jitter``,
+    ``random.size_range``), kept when labelled positive or part by IoU with all faces ``[K, 4]``;
+    only those inside the image when ``image_size`` ``(H, W)`` is given.
+
+    Returns windows ``[M, 4]``, labels ``int8 [M]`` and box targets ``float32 [M, 4]``.
+    """
+    jittered, _ = jittered_squares(rng, faces[usable], tries, config.random.centre_jitter,
+                                   config.random.size_range, size)
+    if image_size is not None:
+        jittered = jittered[_inside(jittered, *image_size)]
+    labels, best, _ = label_windows(jittered, faces, usable, config)
+    keep = (labels == LABEL_POSITIVE) | (labels == LABEL_PART)
+    return jittered[keep], labels[keep], box_targets(jittered[keep], faces[best[keep]])
+
+
 def face_crops(image: np.ndarray, faces: np.ndarray, invalid: np.ndarray, rng: np.random.Generator,
                config: PrepConfig, size: int) -> Samples:
     """P-Net samples from one WIDER image ``uint8 [H, W, 3]`` with faces ``[K, 4]``: random and
@@ -227,16 +245,12 @@ def face_crops(image: np.ndarray, faces: np.ndarray, invalid: np.ndarray, rng: n
     usable = usable_faces(faces, np.asarray(invalid, bool), config.min_face_size)
     negatives = [random_negative_windows(rng, height, width, faces, config, size),
                  near_face_negative_windows(rng, height, width, faces, faces[usable], config, size)]
-    jittered, _ = jittered_squares(rng, faces[usable], config.random.crops_per_face, config.random.centre_jitter,
-                                   config.random.size_range, size)
-    jittered = jittered[_inside(jittered, height, width)]
-    labels, best, _ = label_windows(jittered, faces, usable, config)
-    keep = (labels == LABEL_POSITIVE) | (labels == LABEL_PART)
+    face_windows, face_labels, face_boxes = jittered_face_windows(rng, faces, usable, config,
+                                                                  config.random.crops_per_face, size, (height, width))
     negative_windows = np.concatenate(negatives)
-    windows = np.concatenate([negative_windows, jittered[keep]])
-    labels = np.concatenate([np.full(len(negative_windows), LABEL_NEGATIVE, np.int8), labels[keep]])
-    boxes = np.zeros((len(windows), 4), np.float32)
-    boxes[len(negative_windows):] = box_targets(jittered[keep], faces[best[keep]])
+    windows = np.concatenate([negative_windows, face_windows])
+    labels = np.concatenate([np.full(len(negative_windows), LABEL_NEGATIVE, np.int8), face_labels])
+    boxes = np.concatenate([np.zeros((len(negative_windows), 4), np.float32), face_boxes])
     return Samples(images=cut_crops(image, windows, size), labels=labels, boxes=boxes,
                    landmarks=np.zeros((len(windows), 10), np.float32), windows=windows.astype(np.float32),
                    mirrored=np.zeros(len(windows), bool), rotation=np.zeros(len(windows), np.float32))
