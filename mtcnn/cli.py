@@ -37,6 +37,12 @@ def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | No
     group.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
 
 
+def add_overrides_option(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--set KEY=VALUE ...``: config overrides, several after one flag or the flag repeated."""
+    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                        help=f"override config values (values read as YAML), e.g. {example}")
+
+
 def detector_from_args(args: argparse.Namespace):
     """An :class:`~mtcnn.detector.MTCNN` built from :func:`add_detector_options` options."""
     from mtcnn.detector import MTCNN
@@ -113,8 +119,7 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, metavar="YAML",
                         help="stage config file, e.g. configs/pnet.yaml (default with --resume: the config "
                         "saved in the checkpoint)")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. train.optim.lr=0.01 (the 'train.' may be left out)")
+    add_overrides_option(parser, "train.optim.lr=0.01 (the 'train.' may be left out)")
     parser.add_argument("--resume", type=Path, default=None, metavar="CKPT",
                         help="continue exactly from this checkpoint (last.pt of an earlier run)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
@@ -414,8 +419,7 @@ def _add_prep_parser(subparsers) -> None:
                          help="train: WIDER_train + landmark train list; val: WIDER_val + landmark test list")
         sub.add_argument("--workers", type=int, default=None, metavar="N",
                          help="worker processes (default: one per CPU core; mining on a GPU uses one)")
-        sub.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config value, e.g. --set prep.seed=1 (repeatable)")
+        add_overrides_option(sub, "prep.seed=1")
         sub.add_argument("--overwrite", action="store_true",
                          help="replace a store in DIR prepared with other settings")
         for net in needs:
@@ -479,8 +483,7 @@ def _add_pipeline_parser(subparsers) -> None:
                     "same command resumes an interrupted run.")
     parser.add_argument("--config", type=Path, default=Path("configs/pipeline.yaml"), metavar="YAML",
                         help="pipeline config (default configs/pipeline.yaml)")
-    parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override pipeline config values, e.g. run_dir=runs/try2")
+    add_overrides_option(parser, "run_dir=runs/try2")
     parser.set_defaults(run=_run_pipeline)
 
 
@@ -537,8 +540,7 @@ def _add_bench_prep_parser(benches) -> None:
                                           "CPU seconds.")
     prep.add_argument("--stage", choices=("pnet", "rnet", "onet"), default="pnet")
     prep.add_argument("--config", type=Path, default=None, help="stage config (default configs/STAGE.yaml)")
-    prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                      help="override a config value (repeatable)")
+    add_overrides_option(prep, "prep.random.crops_per_face=10")
     prep.add_argument("--pnet", type=Path, default=None, metavar="CKPT", help="P-Net weights (rnet, onet)")
     prep.add_argument("--rnet", type=Path, default=None, metavar="CKPT", help="R-Net weights (onet)")
     prep.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
@@ -578,8 +580,7 @@ def _add_bench_train_parser(benches) -> None:
     train.add_argument("--stages", nargs="+", choices=("pnet", "rnet", "onet"), default=["pnet", "rnet", "onet"])
     train.add_argument("--configs", type=Path, default=Path("configs"), metavar="DIR",
                        help="folder of the stage configs (default configs)")
-    train.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
-                       help="override train settings of every stage, e.g. batch_size=1024")
+    add_overrides_option(train, "batch_size=1024 (train settings of every stage)")
     train.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     train.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     train.add_argument("--steps", type=int, default=40, help="steps per timed run (default 40)")
