@@ -43,6 +43,16 @@ def add_overrides_option(parser: argparse.ArgumentParser, example: str) -> None:
                         help=f"override config values (values read as YAML), e.g. {example}")
 
 
+def device_from_args(name: str):
+    """The torch device for a ``--device`` value, or a one-line error for a bad one."""
+    from mtcnn.detector import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise MtcnnError(str(exc)) from None
+
+
 def detector_from_args(args: argparse.Namespace):
     """An :class:`~mtcnn.detector.MTCNN` built from :func:`add_detector_options` options."""
     from mtcnn.detector import MTCNN
@@ -440,16 +450,10 @@ def _add_prep_parser(subparsers) -> None:
 
 def _run_prep(args: argparse.Namespace) -> int:
     from mtcnn.config import load_config
-    from mtcnn.detector import resolve_device
     from mtcnn.prep_runner import default_workers, format_summary, prepare
 
     config = load_config(args.config, args.overrides)
-    device = "cpu"
-    if args.needs:
-        try:
-            device = str(resolve_device(args.device))
-        except ValueError as exc:
-            raise MtcnnError(str(exc)) from None
+    device = str(device_from_args(args.device)) if args.needs else "cpu"
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise MtcnnError(f"--workers must be at least 1, got {workers}")
@@ -522,14 +526,14 @@ def _add_bench_parser(subparsers) -> None:
 
 def _run_bench_detect(args: argparse.Namespace) -> int:
     from mtcnn.bench import bench_detect, benchmark_images, format_detect_table, machine_description
-    from mtcnn.detector import resolve_device
 
+    device = device_from_args(args.device)
     if not args.images.is_dir():
         raise MtcnnError(f"{args.images}: no such folder (run scripts/link_kit.sh or pass --images)")
     images = benchmark_images(args.images, args.count)
     rows = bench_detect(args.weights, images, args.min_face_sizes, args.batch_sizes, args.repeats, args.device,
                         compare_facenet=not args.no_compare)
-    print(format_detect_table(rows, machine_description(resolve_device(args.device)), len(images), args.repeats))
+    print(format_detect_table(rows, machine_description(device), len(images), args.repeats))
     return 0
 
 
@@ -592,7 +596,6 @@ def _run_bench_train(args: argparse.Namespace) -> int:
     import torch
 
     from mtcnn.bench import machine_description
-    from mtcnn.detector import resolve_device
     from mtcnn.engine import load_train_config
     from mtcnn.train_bench import bench_train, format_train_table
 
@@ -600,10 +603,7 @@ def _run_bench_train(args: argparse.Namespace) -> int:
         raise MtcnnError("--steps and --repeats must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise MtcnnError(str(exc)) from None
+    device = device_from_args(args.device)
     configs = {stage: load_train_config(stage, args.configs / f"{stage}.yaml", args.overrides).train
                for stage in args.stages}
     rows = bench_train(configs, device, steps=args.steps, repeats=args.repeats)

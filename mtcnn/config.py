@@ -436,6 +436,9 @@ class RandomCropConfig:
     negative_max_fraction: float = setting(0.5, low=0.0, high=1.0, low_open=True,
                                            doc="largest negative side, as a fraction of the image's shorter side")
     negative_rounds: int = setting(4, low=1, doc="rounds of drawing random negatives in crowded images")
+    negative_sizes: str = setting("uniform", choices=("uniform", "log"),
+                                  doc="how random negative sides are drawn between the crop size and the largest: "
+                                      "uniform, or log-uniform (more small squares, as in a detection pyramid)")
 
     def __post_init__(self) -> None:
         if self.size_range[0] > self.size_range[1]:

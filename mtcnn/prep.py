@@ -185,7 +185,10 @@ def random_negative_windows(rng: np.random.Generator, height: int, width: int, f
         if count >= wanted:
             break
         draws = 2 * (wanted - count)
-        side = rng.integers(size, largest + 1, draws).astype(np.float64)
+        if config.random.negative_sizes == "log":
+            side = np.floor(np.exp(rng.uniform(np.log(size), np.log(largest + 1), draws)))
+        else:
+            side = rng.integers(size, largest + 1, draws).astype(np.float64)
         x = np.floor(rng.random(draws) * (width - side + 1))
         y = np.floor(rng.random(draws) * (height - side + 1))
         windows = _squares(x, y, side)

@@ -1,0 +1,89 @@
+"""`mtcnn detect` as a user runs it: JSON output, drawings, bad files, missing weights."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mtcnn import cli
+
+
+@pytest.fixture()
+def photos(kit: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "party").mkdir(parents=True)
+    shutil.copy(kit / "samples" / "2007_007763.jpg", folder / "party" / "family.jpg")
+    shutil.copy(kit / "samples" / "dogs.jpg", folder / "dogs.jpg")
+    shutil.copy(kit / "samples" / "astronaut.png", folder / "astronaut.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_folder_to_json_and_drawings(photos, reference_weights, tmp_path, capsys):
+    out, drawn = tmp_path / "faces.json", tmp_path / "drawn"
+    status = cli.main(["detect", str(photos), "--weights", str(reference_weights), "--device", "cpu",
+                       "--output", str(out), "--save-images", str(drawn)])
+    assert status == 0
+    document = json.loads(out.read_text())
+    by_name = {Path(image["path"]).name: image for image in document["images"]}
+    assert set(by_name) == {"family.jpg", "dogs.jpg", "astronaut.png"}  # notes.txt is not an image
+    assert document["errors"] == []
+    family = by_name["family.jpg"]
+    assert (family["width"], family["height"]) == (500, 375)
+    assert len(family["faces"]) == 7 and by_name["dogs.jpg"]["faces"] == []
+    for face in family["faces"]:
+        x1, y1, x2, y2 = face["box"]
+        assert 0 <= x1 < x2 <= 500 and 0 <= y1 < y2 <= 375 and 0.7 <= face["score"] <= 1
+        assert len(face["landmarks"]) == 5
+        assert all(x1 - 5 <= x <= x2 + 5 and y1 - 5 <= y <= y2 + 5 for x, y in face["landmarks"])
+    # Drawings mirror the folder layout below the folder given.
+    assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.*")) == [
+        "astronaut.png", "dogs.jpg", "party/family.jpg"]
+
+
+def test_bad_files_are_reported_and_the_rest_still_processed(photos, reference_weights, tmp_path, capsys):
+    broken = photos / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 this is no JPEG")
+    missing = tmp_path / "missing.jpg"
+    status = cli.main(["detect", str(photos / "party" / "family.jpg"), str(broken), str(missing),
+                       "--weights", str(reference_weights), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert status == 1
+    document = json.loads(captured.out)
+    assert [Path(image["path"]).name for image in document["images"]] == ["family.jpg"]
+    assert len(document["images"][0]["faces"]) == 7
+    assert {Path(error["path"]).name for error in document["errors"]} == {"broken.jpg", "missing.jpg"}
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert any("broken.jpg: not a decodable image" in line for line in errors)
+    assert any("missing.jpg: cannot read" in line for line in errors)
+    assert "2 of 3 images could not be read" in captured.err
+
+
+def test_glob_patterns_expand(photos, reference_weights, capsys):
+    status = cli.main(["detect", str(photos / "*.png"), "--weights", str(reference_weights), "--device", "cpu",
+                       "--min-face-size", "40", "--thresholds", "0.6", "0.7", "0.8", "--batch-size", "2"])
+    assert status == 0
+    document = json.loads(capsys.readouterr().out)
+    assert [Path(image["path"]).name for image in document["images"]] == ["astronaut.png"]
+    assert len(document["images"][0]["faces"]) == 1
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--weights", "{tmp}/nowhere"], "nowhere: weights must be a folder holding pnet.pt, rnet.pt and onet.pt"),
+    (["--weights", "{weights}", "--scale-factor", "1.5"], "scale_factor must be in (0, 1)"),
+    (["--weights", "{weights}", "--device", "tpu"], "unknown device 'tpu'; expected auto, cpu, cuda"),
+])
+def test_bad_options_are_one_line_errors(photos, reference_weights, tmp_path, capsys, arguments, message):
+    arguments = [a.format(tmp=tmp_path, weights=reference_weights) for a in arguments]
+    status = cli.main(["detect", str(photos / "dogs.jpg"), *arguments])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_no_images_found_is_an_error(tmp_path, reference_weights, capsys):
+    assert cli.main(["detect", str(tmp_path), "--weights", str(reference_weights)]) == 2
+    assert "no images found" in capsys.readouterr().err
