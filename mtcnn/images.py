@@ -95,7 +95,3 @@ def expand_image_arguments(entries: list[str | Path]) -> list[tuple[Path, Path]]
             found.append((path, Path(path.name)))
     return found
 
-
-def find_images(entries: list[str | Path]) -> list[Path]:
-    """The image paths of :func:`expand_image_arguments`, without their names."""
-    return [path for path, _ in expand_image_arguments(entries)]
