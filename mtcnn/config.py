@@ -456,6 +456,8 @@ class LandmarkCropConfig:
                                    doc="largest shift of a crop's centre, as a fraction of face width/height")
     size_range: tuple[float, float] = setting((0.8, 1.25), low=0.0, low_open=True,
                                               doc="crop side from low x shorter face side to high x longer side")
+    inside_image: bool = setting(True, doc="keep only crops inside the image; false: crops crossing the border "
+                                           "are zero-padded, as the detector pads boxes at the border")
     mirror_probability: float = setting(0.5, low=0.0, high=1.0,
                                         doc="chance a crop is mirrored (points mirrored, left/right swapped)")
     rotate_probability: float = setting(0.5, low=0.0, high=1.0, doc="chance a crop is rotated")

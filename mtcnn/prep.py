@@ -279,7 +279,8 @@ def rotation_matrix(centre: np.ndarray, degrees: float) -> np.ndarray:
 def landmark_crops(image: np.ndarray, face: LandmarkFace, rng: np.random.Generator, config: LandmarkCropConfig,
                    size: int) -> Samples:
     """Landmark samples of one face: ``crops_per_face`` jittered squares with IoU above
-    ``min_iou``, each mirrored and rotated with the configured chances.
+    ``min_iou`` (inside the image unless ``inside_image`` is false: outside pixels are zeros),
+    each mirrored and rotated with the configured chances.
 
     A rotated sample is cut from the image rotated about the window's centre (points rotated
     alike; the box target stays the annotated box's, which the landmark loss does not use).
@@ -291,7 +292,9 @@ def landmark_crops(image: np.ndarray, face: LandmarkFace, rng: np.random.Generat
     mirror = rng.random(len(windows)) < config.mirror_probability
     rotate = rng.random(len(windows)) < config.rotate_probability
     angles = np.where(rotate, rng.uniform(-config.max_rotation, config.max_rotation, len(windows)), 0.0)
-    keep = _inside(windows, height, width) & (iou_matrix(windows, box)[:, 0] > config.min_iou)
+    keep = iou_matrix(windows, box)[:, 0] > config.min_iou
+    if config.inside_image:
+        keep &= _inside(windows, height, width)
     windows, mirror, angles = windows[keep], mirror[keep], angles[keep]
     if len(windows) == 0:
         return Samples.empty(size)

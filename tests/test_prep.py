@@ -377,3 +377,25 @@ def test_rotated_and_mirrored_pixels_follow_their_landmark_targets(mirror: float
             assert patch.max() >= 0.5 * expected, (index, x, y)
         eyes = targets.reshape(5, 2)[:2]
         assert eyes[0, 0] < eyes[1, 0]  # the left eye stays on the crop's left, mirrored or not
+
+
+def test_landmark_crops_may_cross_the_border_zero_padded_like_the_detector():
+    from mtcnn.config import LandmarkCropConfig
+    from mtcnn.datasets import LandmarkFace
+    from mtcnn.prep import landmark_crops
+
+    image = np.full((100, 100, 3), 200, np.uint8)  # the face fills the image, as in CNN_FacePoint lists
+    points = np.array([[35, 40], [65, 40], [50, 55], [38, 72], [62, 72]], np.float32)
+    face = LandmarkFace(Path("synthetic.png"), np.array([10, 10, 90, 90], np.float32), points, Path("l.txt"), 1)
+    settings = dict(crops_per_face=40, min_iou=0.3, size_range=(0.8, 1.7), rotate_probability=0.0,
+                    mirror_probability=0.0)
+    inside = landmark_crops(image, face, np.random.default_rng(0), LandmarkCropConfig(**settings), 48)
+    padded = landmark_crops(image, face, np.random.default_rng(0), LandmarkCropConfig(**settings, inside_image=False), 48)
+    assert len(padded) > len(inside)
+    assert (inside.images > 0).all()  # every kept crop lies inside the image
+    crossing = (padded.images == 0).all(axis=3).any(axis=(1, 2))
+    assert crossing.sum() >= 5
+    for crop, targets in zip(padded.images[crossing], padded.landmarks[crossing]):
+        # Points are inside the face, never on the zero padding, wherever the window fell.
+        for x, y in targets.reshape(5, 2) * 48:
+            assert crop[int(y), int(x)].min() > 0
