@@ -25,6 +25,21 @@ def pairwise_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     return ops.box_iou(boxes_a, boxes_b)
 
 
+def iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU ``float64 [N, M]`` of numpy ``[N, 4]`` and ``[M, 4]`` boxes: the NumPy face of
+    :func:`pairwise_iou` for data preparation and evaluation. A degenerate box (zero or negative
+    size) overlaps nothing: its IoU is 0, never NaN."""
+    a = torch.from_numpy(np.asarray(boxes_a, np.float64).reshape(-1, 4))
+    b = torch.from_numpy(np.asarray(boxes_b, np.float64).reshape(-1, 4))
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(dim=1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(dim=1)
+    union = area_a[:, None] + area_b[None, :] - intersection
+    return torch.where(union > 0, intersection / union, 0.0).numpy()
+
+
 def pairwise_min_overlap(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
     """Intersection over the smaller of the two areas, ``[N, M]``.
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mtcnn.boxes import crop_and_resize, square_boxes
+from mtcnn.boxes import crop_and_resize, iou_matrix, square_boxes
 from mtcnn.nets import INPUT_SIZES, STAGES
 from mtcnn.weights import STAGE_NAMES
 
@@ -27,19 +27,6 @@ log = logging.getLogger(__name__)
 
 POINT_NAMES = ("left eye", "right eye", "nose", "left mouth corner", "right mouth corner")
 RECALL_IOUS = (0.5, 0.65)
-
-
-def _iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU ``[N, M]`` of ``x1 y1 x2 y2`` boxes (continuous coordinates, no ``+1``), float64."""
-    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 # ------------------------------------------------------------------------------ stage recall
@@ -111,7 +98,7 @@ def stage_recall(
         boxes += detections.shape[0]
         if counted.shape[0] == 0 or detections.shape[0] == 0:
             continue
-        best = _iou_matrix(counted, detections).max(axis=1)
+        best = iou_matrix(counted, detections).max(axis=1)
         for threshold in thresholds:
             recalled[threshold] += int((best >= threshold).sum())
     return StageRecall(faces, recalled, boxes, len(gt_boxes_per_image))
@@ -278,7 +265,7 @@ def evaluate_landmarks(
                 if len(found) == 0:
                     continue
                 truth = np.stack([faces[i].box for i in members])
-                overlap = _iou_matrix(truth, found.boxes)
+                overlap = iou_matrix(truth, found.boxes)
                 best = overlap.argmax(axis=1)
                 for row, index in enumerate(members):
                     if overlap[row, best[row]] >= match_iou:

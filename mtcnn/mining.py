@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcnn.boxes import square_boxes
+from mtcnn.boxes import iou_matrix, square_boxes
 from mtcnn.config import MiningConfig, PrepConfig
 from mtcnn.datasets import WiderImage
 from mtcnn.detector import MTCNN
-from mtcnn.prep import (UNUSED, Samples, box_targets, cut_crops, iou_matrix, jittered_face_windows, label_windows,
-                        usable_faces)
+from mtcnn.prep import UNUSED, Samples, box_targets, cut_crops, jittered_face_windows, label_windows, usable_faces
 from mtcnn.store import LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 from mtcnn.weights import load_net
 

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from mtcnn.boxes import crop_and_resize, pairwise_iou
+from mtcnn.boxes import crop_and_resize, iou_matrix
 from mtcnn.config import LandmarkCropConfig, PrepConfig
 from mtcnn.datasets import LandmarkFace
 from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
@@ -69,14 +69,6 @@ class Samples:
             return Samples.empty(size)
         return Samples(*(np.concatenate([getattr(part, name) for part in parts]) for name in
                          ("images", "labels", "boxes", "landmarks", "windows", "mirrored", "rotation")))
-
-
-def iou_matrix(windows: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """IoU ``float64 [M, K]`` of ``[M, 4]`` windows with ``[K, 4]`` faces (x1 y1 x2 y2)."""
-    if len(windows) == 0 or len(faces) == 0:
-        return np.zeros((len(windows), len(faces)), np.float64)
-    return pairwise_iou(torch.from_numpy(np.asarray(windows, np.float64)),
-                        torch.from_numpy(np.asarray(faces, np.float64))).numpy()
 
 
 def usable_faces(boxes: np.ndarray, invalid: np.ndarray, min_face_size: float) -> np.ndarray:
