@@ -8,9 +8,11 @@ status 2; a batch with some unreadable inputs finishes and exits 1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from mtcnn.errors import MtcnnError
@@ -53,12 +55,13 @@ def device_from_args(name: str):
         raise MtcnnError(str(exc)) from None
 
 
-def detector_from_args(args: argparse.Namespace):
-    """An :class:`~mtcnn.detector.MTCNN` built from :func:`add_detector_options` options."""
+def detector_from_args(args: argparse.Namespace, weights: Mapping[str, Path] | None = None):
+    """An :class:`~mtcnn.detector.MTCNN` built from :func:`add_detector_options` options;
+    ``weights`` ``{stage: file}`` stands in for ``--weights`` when given."""
     from mtcnn.detector import MTCNN
 
     try:
-        return MTCNN(weights=args.weights, min_face_size=args.min_face_size, scale_factor=args.scale_factor,
+        return MTCNN(weights=args.weights if weights is None else weights, min_face_size=args.min_face_size, scale_factor=args.scale_factor,
                      thresholds=tuple(args.thresholds), device=args.device, batch_size=args.batch_size)
     except ValueError as exc:  # bad option values: report them like any other user error
         raise MtcnnError(str(exc)) from None
@@ -342,7 +345,6 @@ def _run_eval_landmarks(args: argparse.Namespace) -> int:
 def _run_eval_stages(args: argparse.Namespace) -> int:
     from mtcnn.config import DataConfig
     from mtcnn.datasets import read_wider
-    from mtcnn.detector import MTCNN
     from mtcnn.evaluate import evaluate_stages, format_stage_table
     from mtcnn.nets import STAGES
     from mtcnn.weights import resolve_weight_files
@@ -363,17 +365,11 @@ def _run_eval_stages(args: argparse.Namespace) -> int:
             raise MtcnnError(f"{args.weights}: no pnet.pt")
     else:
         files = resolve_weight_files(args.weights)
-    available = [stage for stage in STAGES if stage in files]
-    available = available[: next((i for i, s in enumerate(STAGES) if s not in files), len(STAGES))]
+    available = list(itertools.takewhile(lambda stage: stage in files, STAGES))  # a cascade has no gaps
     last_stage = args.last_stage or available[-1]
     if last_stage not in available:
         raise MtcnnError(f"--last-stage {last_stage} needs {last_stage}.pt in {args.weights}")
-    try:
-        detector = MTCNN(weights={stage: files[stage] for stage in available}, min_face_size=args.min_face_size,
-                         scale_factor=args.scale_factor, thresholds=tuple(args.thresholds), device=args.device,
-                         batch_size=args.batch_size)
-    except ValueError as exc:
-        raise MtcnnError(str(exc)) from None
+    detector = detector_from_args(args, weights={stage: files[stage] for stage in available})
     min_size = args.min_face_size if args.min_size is None else args.min_size
     results = evaluate_stages(detector, images, last_stage=last_stage, min_size=min_size)
     report = {"images_dir": str(images_dir), "annotations": str(annotations), "min_size": min_size,
