@@ -82,6 +82,22 @@ def load_pipeline_config(path: str | Path, overrides: Sequence[str] = ()) -> Pip
         raise ConfigError(f"{path}: {exc}") from None
 
 
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One step of a run: done when ``is_done()``; ``continues_earlier_work()`` before it runs says
+    whether an interrupted attempt left work on disk that this run carries on from."""
+
+    name: str
+    is_done: Callable[[], bool]
+    run: Callable[[], None]
+    continues_earlier_work: Callable[[], bool]
+
+
+def _runs_in_one_go() -> bool:
+    """``continues_earlier_work`` of steps that keep nothing from an interrupted attempt."""
+    return False
+
+
 class Pipeline:
     """The steps of one run folder; :meth:`run` does those not done yet."""
 
@@ -106,36 +122,41 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------- steps
 
-    def steps(self) -> list[tuple[str, Callable[[], bool], Callable[[], None]]]:
-        """``(name, is_done, run)`` in order."""
+    def steps(self) -> list[Step]:
+        """Every step in order."""
         steps = []
         for index, stage in enumerate(STAGES):
             for split in ("train", "val"):
-                steps.append((f"prep {stage} {split}", self._store_done(stage, split),
-                              self._prep_step(stage, split, STAGES[:index])))
-            steps.append((f"train {stage}", self.weights(stage).is_file, self._train_step(stage)))
+                steps.append(Step(f"prep {stage} {split}", self._store_done(stage, split),
+                                  self._prep_step(stage, split, STAGES[:index]),
+                                  self.store(stage, split).exists))  # finished shards are kept
+            steps.append(Step(f"train {stage}", self.weights(stage).is_file, self._train_step(stage),
+                              (self.train_dir(stage) / "last.pt").is_file))
             if stage != "onet":
-                steps.append((f"recall after {stage}", self.report(f"recall-{stage}").is_file,
-                              self._recall_step(STAGES[: index + 1])))
+                steps.append(Step(f"recall after {stage}", self.report(f"recall-{stage}").is_file,
+                                  self._recall_step(STAGES[: index + 1]), _runs_in_one_go))
         for setting_ in self.config.evaluate.wider_settings:
-            steps.append((f"WIDER AP ({setting_.name})", self.report(f"wider-{setting_.name}").is_file,
-                          self._wider_step(setting_)))
+            steps.append(Step(f"WIDER AP ({setting_.name})", self.report(f"wider-{setting_.name}").is_file,
+                              self._wider_step(setting_), self._predictions_dir(setting_).exists))
         if self.config.evaluate.landmark_list is not None:
-            steps.append(("landmark error", self.report("landmarks").is_file, self._landmark_step))
+            steps.append(Step("landmark error", self.report("landmarks").is_file, self._landmark_step, _runs_in_one_go))
         return steps
 
     def run(self) -> dict[str, Any]:
         """Run every step not done yet; returns the summary also written to ``summary.json``."""
         self.root.mkdir(parents=True, exist_ok=True)
         timings = self._read_timings()
-        for name, is_done, run in self.steps():
-            if is_done():
-                log.info("== %s: done, skipped", name)
+        for step in self.steps():
+            if step.is_done():
+                log.info("== %s: done, skipped", step.name)
                 continue
-            log.info("== %s", name)
+            log.info("== %s", step.name)
+            # A step that continues its own earlier work adds to the time recorded for it; one
+            # whose outputs were removed starts again from nothing, and so does its time.
+            earlier = timings.get(step.name, 0.0) if step.continues_earlier_work() else 0.0
             start = time.perf_counter()
-            run()
-            timings[name] = round(time.perf_counter() - start + timings.get(name, 0.0), 1)
+            step.run()
+            timings[step.name] = round(time.perf_counter() - start + earlier, 1)
             self._write_json(self.root / "timings.json", timings)
         summary = self.summary(timings)
         self._write_json(self.root / "summary.json", summary)
@@ -211,7 +232,7 @@ class Pipeline:
             settings = {"min_face_size": eval_setting.min_face_size, "scale_factor": eval_setting.scale_factor,
                         "thresholds": tuple(eval_setting.thresholds)}
             detector = self._detector(STAGES, **settings)
-            predictions_dir = self.root / "eval" / f"wider-{eval_setting.name}"
+            predictions_dir = self._predictions_dir(eval_setting)
             record = {"weights": {stage: str(self.weights(stage).resolve()) for stage in STAGES},
                       **{key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}}
             predictions = detect_wider(detector, ground_truth, evaluation.wider_images, predictions_dir, record)
@@ -222,6 +243,9 @@ class Pipeline:
                      "  ".join(f"{name} {ap:.4f}" for name, ap in result.ap.items()))
             self._write_json(self.report(f"wider-{eval_setting.name}"), {"detector": record, **result.to_dict()})
         return run
+
+    def _predictions_dir(self, eval_setting: EvalSetting) -> Path:
+        return self.root / "eval" / f"wider-{eval_setting.name}"
 
     def _landmark_step(self) -> None:
         from mtcnn.datasets import read_landmark_list

@@ -59,7 +59,7 @@ def test_pipeline_runs_every_step_then_resumes_without_redoing_work(pipeline_con
     caplog.set_level(logging.INFO, logger="mtcnn.pipeline")
     summary = run_pipeline(pipeline_config)
     run = Path(yaml.safe_load(pipeline_config.read_text())["run_dir"])
-    steps = [name for name, _, _ in Pipeline(load_pipeline_config(pipeline_config)).steps()]
+    steps = [step.name for step in Pipeline(load_pipeline_config(pipeline_config)).steps()]
     assert set(summary["seconds"]) == set(steps)
 
     for stage in ("pnet", "rnet", "onet"):
@@ -75,12 +75,21 @@ def test_pipeline_runs_every_step_then_resumes_without_redoing_work(pipeline_con
     assert sum("done, skipped" in message for message in caplog.messages) == len(steps)
     assert json.loads((run / "timings.json").read_text()) == summary["seconds"]
 
-    (run / "weights" / "rnet.pt").unlink()  # as if stopped after training R-Net, before its export
+    # As if stopped after training R-Net, before its export; and as if the user deleted the
+    # recall report to have it measured again. Training continues from last.pt, so its time adds
+    # to the time recorded; the recall check starts from nothing, and so does its time.
+    (run / "weights" / "rnet.pt").unlink()
+    (run / "eval" / "recall-rnet.json").unlink()
+    recorded = {**summary["seconds"], "train rnet": 1000.0, "recall after rnet": 1000.0}
+    (run / "timings.json").write_text(json.dumps(recorded))
     caplog.clear()
     run_pipeline(pipeline_config)
     redone = [message for message in caplog.messages if message.startswith("== ") and "skipped" not in message]
-    assert redone == ["== train rnet"]
+    assert redone == ["== train rnet", "== recall after rnet"]
     assert (run / "weights" / "rnet.pt").is_file()
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["train rnet"] >= 1000.0
+    assert timings["recall after rnet"] < 1000.0
 
 
 def test_pipeline_config_is_strict(tmp_path):
