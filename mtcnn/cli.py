@@ -61,8 +61,9 @@ def detector_from_args(args: argparse.Namespace, weights: Mapping[str, Path] | N
     from mtcnn.detector import MTCNN
 
     try:
-        return MTCNN(weights=args.weights if weights is None else weights, min_face_size=args.min_face_size, scale_factor=args.scale_factor,
-                     thresholds=tuple(args.thresholds), device=args.device, batch_size=args.batch_size)
+        return MTCNN(weights=args.weights if weights is None else weights, min_face_size=args.min_face_size,
+                     scale_factor=args.scale_factor, thresholds=tuple(args.thresholds), device=args.device,
+                     batch_size=args.batch_size)
     except ValueError as exc:  # bad option values: report them like any other user error
         raise MtcnnError(str(exc)) from None
 

@@ -390,7 +390,8 @@ def test_landmark_crops_may_cross_the_border_zero_padded_like_the_detector():
     settings = dict(crops_per_face=40, min_iou=0.3, size_range=(0.8, 1.7), rotate_probability=0.0,
                     mirror_probability=0.0)
     inside = landmark_crops(image, face, np.random.default_rng(0), LandmarkCropConfig(**settings), 48)
-    padded = landmark_crops(image, face, np.random.default_rng(0), LandmarkCropConfig(**settings, inside_image=False), 48)
+    padded = landmark_crops(image, face, np.random.default_rng(0),
+                            LandmarkCropConfig(**settings, inside_image=False), 48)
     assert len(padded) > len(inside)
     assert (inside.images > 0).all()  # every kept crop lies inside the image
     crossing = (padded.images == 0).all(axis=3).any(axis=(1, 2))
