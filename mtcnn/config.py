@@ -405,6 +405,8 @@ class TrainConfig:
     ratio: RatioConfig = setting(default_factory=RatioConfig)
     augment: AugmentConfig = setting(default_factory=AugmentConfig)
     grad_clip_norm: float | None = setting(None, low=0.0, low_open=True, doc="clip the gradient norm (null: no)")
+    dropout: float = setting(0.0, low=0.0, high=0.9,
+                             doc="R-Net, O-Net: dropout on the features the heads share (P-Net: 0)")
     amp: bool = setting(True, doc="mixed precision on CUDA (ignored on the CPU)")
     amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
     store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")
@@ -519,6 +521,10 @@ class StageConfig:
     train: TrainConfig = setting(default_factory=TrainConfig)
     prep: PrepConfig = setting(default_factory=PrepConfig)
     mining: MiningConfig = setting(default_factory=MiningConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage == "pnet" and self.train.dropout:
+            raise ValueError("train.dropout must be 0 for pnet: P-Net is fully convolutional, with no dropout layer")
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StageConfig:

@@ -95,7 +95,8 @@ class RNet(nn.Module):
 
     stage = "rnet"
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.0) -> None:
+        """``dropout``: probability of zeroing each of the 128 shared features while training."""
         super().__init__()
         self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
         self.prelu1 = nn.PReLU(28)
@@ -107,6 +108,7 @@ class RNet(nn.Module):
         self.prelu3 = nn.PReLU(64)
         self.dense4 = nn.Linear(576, 128)
         self.prelu4 = nn.PReLU(128)
+        self.dropout = nn.Dropout(dropout)
         self.dense5_1 = nn.Linear(128, 2)
         self.dense5_2 = nn.Linear(128, 4)
         self.dense5_3 = nn.Linear(128, 10)
@@ -117,7 +119,7 @@ class RNet(nn.Module):
         x = self.prelu2(self.conv2(x))
         x = self.pool2(x)
         x = self.prelu3(self.conv3(x))
-        x = self.prelu4(self.dense4(x.flatten(1)))
+        x = self.dropout(self.prelu4(self.dense4(x.flatten(1))))
         return NetOutput(self.dense5_1(x), self.dense5_2(x), self.dense5_3(x))
 
 
@@ -126,7 +128,8 @@ class ONet(nn.Module):
 
     stage = "onet"
 
-    def __init__(self) -> None:
+    def __init__(self, dropout: float = 0.0) -> None:
+        """``dropout``: probability of zeroing each of the 256 shared features while training."""
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
         self.prelu1 = nn.PReLU(32)
@@ -141,6 +144,7 @@ class ONet(nn.Module):
         self.prelu4 = nn.PReLU(128)
         self.dense5 = nn.Linear(1152, 256)
         self.prelu5 = nn.PReLU(256)
+        self.dropout = nn.Dropout(dropout)
         self.dense6_1 = nn.Linear(256, 2)
         self.dense6_2 = nn.Linear(256, 4)
         self.dense6_3 = nn.Linear(256, 10)
@@ -153,16 +157,23 @@ class ONet(nn.Module):
         x = self.prelu3(self.conv3(x))
         x = self.pool3(x)
         x = self.prelu4(self.conv4(x))
-        x = self.prelu5(self.dense5(x.flatten(1)))
+        x = self.dropout(self.prelu5(self.dense5(x.flatten(1))))
         return NetOutput(self.dense6_1(x), self.dense6_2(x), self.dense6_3(x))
 
 
 NET_CLASSES: dict[str, type[nn.Module]] = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 
 
-def build_net(stage: str) -> nn.Module:
-    """A freshly initialised net for ``stage`` ('pnet', 'rnet' or 'onet')."""
-    try:
-        return NET_CLASSES[stage]()
-    except KeyError:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}") from None
+def build_net(stage: str, dropout: float = 0.0) -> nn.Module:
+    """A freshly initialised net for ``stage`` ('pnet', 'rnet' or 'onet').
+
+    ``dropout`` (R-Net and O-Net only) acts on the features the three heads share, in training
+    mode only; it adds no weights, so checkpoints load either way.
+    """
+    if stage not in NET_CLASSES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage == "pnet":
+        if dropout:
+            raise ValueError("P-Net has no dropout layer (it is fully convolutional); use dropout 0")
+        return PNet()
+    return NET_CLASSES[stage](dropout)

@@ -27,6 +27,28 @@ def test_refine_net_output_shapes(stage, size):
     assert [tuple(t.shape) for t in output] == [(5, 2), (5, 4), (5, 10)]
 
 
+@pytest.mark.parametrize("stage, size", [("rnet", 24), ("onet", 48)])
+def test_dropout_acts_in_training_only_and_adds_no_weights(stage, size):
+    torch.manual_seed(0)
+    plain = build_net(stage)
+    dropped = build_net(stage, dropout=0.5)
+    assert dropped.state_dict().keys() == plain.state_dict().keys()
+    dropped.load_state_dict(plain.state_dict())
+    pixels = torch.rand(8, 3, size, size) * 255
+    plain.eval()
+    dropped.eval()
+    for left, right in zip(plain(pixels), dropped(pixels)):
+        assert torch.equal(left, right)
+    dropped.train()
+    assert not torch.allclose(dropped(pixels).logits, plain(pixels).logits)
+
+
+def test_pnet_takes_no_dropout():
+    with pytest.raises(ValueError, match="P-Net has no dropout layer"):
+        build_net("pnet", dropout=0.1)
+    assert isinstance(build_net("pnet", dropout=0.0), PNet)
+
+
 def test_unknown_stage_is_an_error():
     with pytest.raises(ValueError, match="unknown stage 'qnet'"):
         build_net("qnet")

@@ -210,7 +210,9 @@ def test_train_section_types_are_strict():
     for override, message in (("train.batch_size=fll", "expected int or 'full'"),
                               ("train.optim.lrr=0.1", "unknown key 'train.optim.lrr'; did you mean lr"),
                               ("train.optim.lr=-1", "train.optim.lr: must be > 0.0"),
-                              ("train.loss.ohem_keep=0", "train.loss.ohem_keep: must be > 0.0")):
+                              ("train.loss.ohem_keep=0", "train.loss.ohem_keep: must be > 0.0"),
+                              ("train.dropout=0.95", "train.dropout: must be <= 0.9"),
+                              ("train.dropout=0.25", "train.dropout must be 0 for pnet")):
         with pytest.raises(ConfigError, match=message):
             build_config(StageConfig, {"stage": "pnet"}, [override])
     assert build_config(StageConfig, {"stage": "pnet"}, ["train.batch_size=full"]).train.batch_size == "full"
