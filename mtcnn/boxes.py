@@ -90,20 +90,24 @@ def nms(
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if mode not in ("union", "min"):
+        raise ValueError(f"unknown NMS mode {mode!r}; expected 'union' or 'min'")
     if groups is None:
         groups = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
-    if mode == "union":
-        return ops.batched_nms(boxes, scores, groups, threshold)
-    if mode != "min":
-        raise ValueError(f"unknown NMS mode {mode!r}; expected 'union' or 'min'")
-    # One [K, K] matrix per group rather than one for all boxes: memory stays quadratic in the
-    # boxes of one image, not of the whole batch.
+    # Each group on its own, so that a group's result never depends on the others: torchvision's
+    # batched_nms shifts each group by its own coordinate offset, which changes the rounding of
+    # the overlaps, and P-Net's grid windows often overlap by exactly the threshold (two cells
+    # apart: IoU 0.5), so an image's boxes would change with the images batched beside it. The
+    # min mode also keeps its [K, K] matrix to the boxes of one group.
     kept = []
     for group in torch.unique(groups):
         members = torch.nonzero(groups == group).squeeze(1)
-        order = members[torch.argsort(scores[members], descending=True, stable=True)]
-        overlap = pairwise_min_overlap(boxes[order], boxes[order]) > threshold
-        kept.append(order[_greedy_suppression(overlap)])
+        if mode == "union":
+            kept.append(members[ops.nms(boxes[members], scores[members], threshold)])
+        else:
+            order = members[torch.argsort(scores[members], descending=True, stable=True)]
+            overlap = pairwise_min_overlap(boxes[order], boxes[order]) > threshold
+            kept.append(order[_greedy_suppression(overlap)])
     kept = torch.cat(kept)
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
