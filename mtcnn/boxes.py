@@ -86,7 +86,8 @@ def nms(
     ``mode`` is ``"union"`` (IoU, via ``torchvision.ops``) or ``"min"`` (intersection over the
     smaller area). A box is suppressed when its overlap with a kept, higher-scoring box is
     strictly greater than ``threshold``. ``groups`` ``[N]`` (ints), when given, runs NMS
-    independently within each group (e.g. per image) in one call.
+    within each group (e.g. per image) on its own: a group keeps exactly the boxes it would keep
+    alone.
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)

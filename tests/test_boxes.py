@@ -85,6 +85,26 @@ def test_nms_keeps_a_box_whose_overlap_equals_the_threshold(mode):
     assert B.nms(boxes, scores, 0.499, mode=mode).tolist() == [0]
 
 
+@pytest.mark.parametrize("scale", [0.6, 0.2138, 0.1075])
+def test_a_group_keeps_what_it_keeps_alone_despite_overlaps_equal_to_the_threshold(scale):
+    # One pyramid level's P-Net windows mapped back to the image: windows two cells apart overlap
+    # by exactly 0.5 in exact arithmetic, so rounding decides. Sixteen images with the same
+    # windows and different scores; shifting each image by its own offset (torchvision's
+    # batched_nms on few boxes) rounded the overlaps differently and changed most images' boxes.
+    rows, cols = torch.meshgrid(torch.arange(0.0, 10.0, 2.0), torch.arange(0.0, 12.0, 2.0), indexing="ij")
+    x1, y1 = cols.flatten() / scale, rows.flatten() / scale
+    windows = torch.stack([x1, y1, x1 + 12 / scale, y1 + 12 / scale], dim=1)
+    images = 16
+    boxes = windows.repeat(images, 1)
+    groups = torch.arange(images).repeat_interleave(len(windows))
+    scores = torch.rand(len(boxes), generator=torch.Generator().manual_seed(0))
+    kept = B.nms(boxes, scores, 0.5, groups=groups)
+    for image in range(images):
+        members = torch.nonzero(groups == image).squeeze(1)
+        alone = members[B.nms(boxes[members], scores[members], 0.5)]
+        assert kept[groups[kept] == image].tolist() == alone.tolist()
+
+
 def test_nms_of_no_boxes_is_empty():
     assert B.nms(torch.zeros((0, 4)), torch.zeros(0), 0.5, mode="min").shape == (0,)
 
