@@ -231,10 +231,11 @@ def crop_and_resize(
     """Cut ``boxes`` out of one image and area-resample each to ``size`` x ``size``, all at once.
 
     ``image`` is ``[C, H, W]`` float, ``boxes`` ``[N, 4]`` (floored to the pixel grid); returns
-    ``[N, C, size, size]`` float32 (in channels-last memory order). Each output pixel is the mean of the input pixels of its bin,
-    exactly as ``F.interpolate(mode="area")`` would give for each crop on its own, but computed for
-    every box in one gather from the summed-area table (pass ``integral`` to reuse one). Parts of
-    a box outside the image count as black (0), as the original cascade pads them.
+    ``[N, C, size, size]`` float32 (in channels-last memory order). Each output pixel is the mean
+    of the input pixels of its bin, exactly as ``F.interpolate(mode="area")`` would give for each
+    crop on its own, but computed for every box in one gather from the summed-area table (pass
+    ``integral`` to reuse one). Parts of a box outside the image count as black (0), as the
+    original cascade pads them.
     """
     channels, height, width = image.shape
     if boxes.shape[0] == 0:
