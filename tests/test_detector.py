@@ -13,6 +13,7 @@ from PIL import Image
 
 from mtcnn.boxes import pairwise_iou
 from mtcnn.detector import MTCNN, Faces
+from mtcnn.nets import STAGES
 
 SAMPLE = "samples/2007_007763.jpg"  # seven faces, 375 x 500
 
@@ -122,7 +123,7 @@ def test_every_stage_of_an_image_is_the_same_alone_or_in_a_batch(kit):
     alone = [detector.detect_stages([path])[0] for path in paths]
     together = detector.detect_stages(paths)
     for path, single, batched in zip(paths, alone, together):
-        for stage in ("pnet", "rnet", "onet"):
+        for stage in STAGES:
             assert len(batched[stage]) == len(single[stage]), f"{path.name}, {stage}"
             (boxes, scores), (expected_boxes, expected_scores) = map(in_position_order, (batched[stage], single[stage]))
             np.testing.assert_allclose(boxes, expected_boxes, atol=1e-3, err_msg=f"{path.name}, {stage}")
