@@ -1,0 +1,70 @@
+"""WIDER_val AP with an O-Net whose face scores come from one net and whose boxes from another.
+
+    python3 scripts/onet_head_swap.py --weights DIR --boxes-from OTHER/onet.pt --out swap.json
+
+Runs the cascade of ``--weights`` (P-Net, R-Net and the O-Net that scores the faces) but takes
+O-Net's box and landmark outputs from ``--boxes-from``, then scores WIDER_val by the official
+protocol. Beside the two plain cascades it splits an O-Net's AP gap into what its face scores
+cost and what its box regression costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from mtcnn.detector import MTCNN
+from mtcnn.nets import NetOutput
+from mtcnn.weights import load_net
+from mtcnn.wider_eval import detect_wider, evaluate_wider, load_ground_truth
+
+log = logging.getLogger("onet_head_swap")
+
+
+class SwappedHeads(torch.nn.Module):
+    """``[N, 3, 48, 48]`` -> the face logits ``[N, 2]`` of ``score_net``, the box ``[N, 4]`` and
+    landmark ``[N, 10]`` outputs of ``box_net``."""
+
+    stage = "onet"
+
+    def __init__(self, score_net: torch.nn.Module, box_net: torch.nn.Module) -> None:
+        super().__init__()
+        self.score_net = score_net
+        self.box_net = box_net
+
+    def forward(self, pixels: torch.Tensor) -> NetOutput:
+        scored = self.score_net(pixels)
+        boxed = self.box_net(pixels)
+        return NetOutput(scored.logits, boxed.box, boxed.landmarks)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", type=Path, default=None,
+                        help="folder with pnet.pt, rnet.pt, onet.pt (default: the shipped weights)")
+    parser.add_argument("--boxes-from", type=Path, required=True, help="the O-Net giving boxes and landmarks")
+    parser.add_argument("--gt-dir", type=Path, default=Path("data/widerface/eval_tools/ground_truth"))
+    parser.add_argument("--images", type=Path, default=Path("data/widerface/WIDER_val/images"))
+    parser.add_argument("--min-face-size", type=float, default=20.0)
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--out", type=Path, default=None, help="write the AP as JSON here")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    detector = MTCNN(weights=args.weights, min_face_size=args.min_face_size, device=args.device)
+    box_net = load_net(args.boxes_from, "onet").to(detector.device, memory_format=torch.channels_last).eval()
+    detector.nets["onet"] = SwappedHeads(detector.nets["onet"], box_net).eval()
+    ground_truth = load_ground_truth(args.gt_dir)
+    result = evaluate_wider(ground_truth, detect_wider(detector, ground_truth, args.images))
+    report = {"weights": str(args.weights), "boxes_from": str(args.boxes_from), "ap": result.ap}
+    log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
