@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
 
 from mtcnn.detector import MTCNN
+from mtcnn.errors import MtcnnError
 from mtcnn.nets import NetOutput
 from mtcnn.weights import load_net
 from mtcnn.wider_eval import detect_wider, evaluate_wider, load_ground_truth
@@ -42,7 +44,7 @@ class SwappedHeads(torch.nn.Module):
         return NetOutput(scored.logits, boxed.box, boxed.landmarks)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", type=Path, default=None,
                         help="folder with pnet.pt, rnet.pt, onet.pt (default: the shipped weights)")
@@ -55,16 +57,22 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    detector = MTCNN(weights=args.weights, min_face_size=args.min_face_size, device=args.device)
-    box_net = load_net(args.boxes_from, "onet").to(detector.device, memory_format=torch.channels_last).eval()
+    try:
+        detector = MTCNN(weights=args.weights, min_face_size=args.min_face_size, device=args.device)
+        box_net = load_net(args.boxes_from, "onet")
+        ground_truth = load_ground_truth(args.gt_dir)
+    except (MtcnnError, ValueError) as exc:  # bad paths or settings: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    box_net = box_net.to(detector.device, memory_format=torch.channels_last).eval()
     detector.nets["onet"] = SwappedHeads(detector.nets["onet"], box_net).eval()
-    ground_truth = load_ground_truth(args.gt_dir)
     result = evaluate_wider(ground_truth, detect_wider(detector, ground_truth, args.images))
     report = {"weights": str(args.weights), "boxes_from": str(args.boxes_from), "ap": result.ap}
     log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
