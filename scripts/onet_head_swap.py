@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from mtcnn.detector import MTCNN
+from mtcnn.cli import add_detector_options, detector_from_args
 from mtcnn.errors import MtcnnError
 from mtcnn.nets import NetOutput
 from mtcnn.weights import load_net
@@ -46,19 +46,17 @@ class SwappedHeads(torch.nn.Module):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="folder with pnet.pt, rnet.pt, onet.pt (default: the shipped weights)")
     parser.add_argument("--boxes-from", type=Path, required=True, help="the O-Net giving boxes and landmarks")
     parser.add_argument("--gt-dir", type=Path, default=Path("data/widerface/eval_tools/ground_truth"))
     parser.add_argument("--images", type=Path, default=Path("data/widerface/WIDER_val/images"))
-    parser.add_argument("--min-face-size", type=float, default=20.0)
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", type=Path, default=None, help="write the AP as JSON here")
+    add_detector_options(parser, weights_help="folder with pnet.pt, rnet.pt and the O-Net giving the face "
+                         "scores (default: the shipped weights)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
-        detector = MTCNN(weights=args.weights, min_face_size=args.min_face_size, device=args.device)
+        detector = detector_from_args(args)
         box_net = load_net(args.boxes_from, "onet")
         ground_truth = load_ground_truth(args.gt_dir)
     except (MtcnnError, ValueError) as exc:  # bad paths or settings: one line, no traceback
