@@ -118,11 +118,14 @@ def collect_windows(detector, onets: Mapping[str, torch.nn.Module], images: Sequ
     with torch.inference_mode():
         for image in tqdm(images, unit="img", desc="windows"):
             valid = image.boxes[~image.invalid]
-            boxes = detector.detect_stages([image.path], last_stage="rnet")[0]["rnet"].boxes
-            if len(valid) == 0 or len(boxes) == 0:
+            if len(valid) == 0:
+                continue
+            # Read once: the cascade and the crops below take the same pixels.
+            pixels = to_pixel_tensor(image.path, str(image.path)).to(detector.device)
+            boxes = detector.detect_stages([pixels], last_stage="rnet")[0]["rnet"].boxes
+            if len(boxes) == 0:
                 continue
             windows = square_boxes(torch.as_tensor(boxes, device=detector.device))
-            pixels = to_pixel_tensor(image.path, str(image.path)).to(detector.device)
             crops = crop_and_resize(pixels, windows, INPUT_SIZES["onet"], integral_image(pixels))
             per_image.append(measure_windows(windows, valid, crops, onets))
     if not per_image:
