@@ -18,12 +18,11 @@ import numpy as np
 import torch
 
 from mtcnn.errors import DataError
+from mtcnn.nets import mirror_outputs
 from mtcnn.store import LABEL_NAMES, SampleStore
 
 log = logging.getLogger(__name__)
 
-#: Landmark order after a left-right flip: the eyes swap, the nose stays, the mouth corners swap.
-FLIPPED_POINT_ORDER = (1, 0, 2, 4, 3)
 #: Store labels by the names used in ratios and manifests.
 LABELS_BY_NAME = {name: label for label, name in LABEL_NAMES.items()}
 
@@ -171,10 +170,8 @@ def flip_batch(images: torch.Tensor, boxes: torch.Tensor, landmarks: torch.Tenso
     "left eye" still names the eye on the image's left.
     """
     images = torch.where(flip[:, None, None, None], images.flip(2), images)
-    mirrored_boxes = torch.stack([-boxes[:, 2], boxes[:, 1], -boxes[:, 0], boxes[:, 3]], dim=1)
+    mirrored_boxes, mirrored_points = mirror_outputs(boxes, landmarks)
     boxes = torch.where(flip[:, None], mirrored_boxes, boxes)
-    points = landmarks.reshape(-1, 5, 2)[:, list(FLIPPED_POINT_ORDER)]
-    mirrored_points = torch.stack([1.0 - points[..., 0], points[..., 1]], dim=-1).reshape(-1, 10)
     landmarks = torch.where(flip[:, None], mirrored_points, landmarks)
     return images, boxes, landmarks
 

@@ -83,8 +83,10 @@ def bench_detect(
     repeats: int = 3,
     device: str = "auto",
     compare_facenet: bool = True,
+    mirror_onet: bool = True,
 ) -> list[DetectRow]:
-    """Time the cascade over decoded ``images`` for each min face size and batch size.
+    """Time the cascade over decoded ``images`` for each min face size and batch size
+    (``mirror_onet`` as in :class:`~mtcnn.detector.MTCNN`).
 
     When facenet-pytorch is importable (and ``compare_facenet``), its MTCNN is timed on the same
     images with the same settings, one image at a time as it requires for images of different sizes.
@@ -92,14 +94,17 @@ def bench_detect(
     from mtcnn.detector import MTCNN
 
     decoded = [read_image(path) for path in images]
+    name = "mtcnn" if mirror_onet else "mtcnn, O-Net unmirrored"
     rows = []
     for min_face in min_face_sizes:
         for batch in batch_sizes:
-            detector = MTCNN(weights, min_face_size=min_face, device=device, batch_size=batch)
+            detector = MTCNN(weights, min_face_size=min_face, device=device, batch_size=batch,
+                             mirror_onet=mirror_onet)
             faces = sum(len(f) for f in detector.detect(decoded))
             seconds, _ = median_seconds(lambda: detector.detect(decoded), repeats)
-            rows.append(DetectRow("mtcnn", min_face, batch, len(decoded) / seconds, faces))
-            log.info("mtcnn        min face %3d  batch %2d  %7.2f images/s", min_face, batch, rows[-1].images_per_second)
+            rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces))
+            log.info("%s  min face %3d  batch %2d  %7.2f images/s", name, min_face, batch,
+                     rows[-1].images_per_second)
         if compare_facenet:
             row = _bench_facenet(decoded, min_face, repeats, device)
             if row is not None:

@@ -22,7 +22,7 @@ from torch import nn
 from mtcnn.boxes import (apply_box_offsets, crop_and_resize, integral_image, nms, pyramid_scales,
                          resize_from_integral, scaled_size, square_boxes)
 from mtcnn.images import ImageInput, to_pixel_tensor
-from mtcnn.nets import INPUT_SIZES, STAGES
+from mtcnn.nets import INPUT_SIZES, STAGES, MirrorAveraged
 from mtcnn.weights import STAGE_NAMES, load_net, resolve_weight_files
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,9 @@ class MTCNN:
             level, P-Net across levels, R-Net (IoU), and O-Net (intersection over the smaller box).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or a ``torch.device``.
         batch_size: images per batch.
+        mirror_onet: run O-Net on each crop and on its mirror image and average the two face
+            scores, boxes and landmarks (:class:`~mtcnn.nets.MirrorAveraged`); False runs O-Net
+            once per crop, as the original MTCNN cascade does.
         nets: already built nets ``{stage: module}`` instead of ``weights`` (used by training and
             mining to run nets that are in memory).
     """
@@ -127,6 +130,7 @@ class MTCNN:
         nms_thresholds: Sequence[float] = (0.5, 0.7, 0.7, 0.7),
         device: str | torch.device = "auto",
         batch_size: int = 16,
+        mirror_onet: bool = True,
         nets: Mapping[str, nn.Module] | None = None,
         pnet_pixel_budget: int = 8_000_000,
         crop_budget: int = 2048,
@@ -147,6 +151,7 @@ class MTCNN:
         self.nms_thresholds = tuple(_check_probability("NMS threshold", t) for t in nms_thresholds)
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
+        self.mirror_onet = bool(mirror_onet)
         self.pnet_pixel_budget = int(pnet_pixel_budget)
         self.crop_budget = int(crop_budget)
         if nets is None:
@@ -187,6 +192,14 @@ class MTCNN:
                 for i in range(len(chunk)):
                     results.append({stage: per_stage[stage][i] for stage in needed})
         return results
+
+    def stage_net(self, stage: str) -> nn.Module:
+        """The net the cascade runs for ``stage`` on ``[N, 3, S, S]`` crops (R-Net, O-Net) or
+        whole images (P-Net): ``self.nets[stage]``, or for O-Net with ``mirror_onet`` that net
+        averaged over each crop and its mirror image."""
+        net = self.nets[stage]
+        # Wrapped on each call, not once, so that nets swapped into self.nets are the ones run.
+        return MirrorAveraged(net) if stage == "onet" and self.mirror_onet else net
 
     # ----------------------------------------------------------------------------- stages
 
@@ -300,7 +313,7 @@ class MTCNN:
         self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], previous: _Candidates, stage: str
     ) -> _Candidates:
         """R-Net or O-Net on square crops around the previous stage's boxes."""
-        net = self.nets[stage]
+        net = self.stage_net(stage)
         size = INPUT_SIZES[stage]
         windows = square_boxes(previous.boxes)
         logits, offsets, points = [], [], []

@@ -238,7 +238,8 @@ def evaluate_landmarks(
     annotated box is scored; a face without a detection of IoU ``>= match_iou`` is missed (0.5, the
     usual detection criterion; the tight square boxes of CNN_FacePoint lists overlap a correct
     MTCNN box by 0.4 to 0.8). With ``use_boxes``, O-Net alone runs on the annotated box (squared),
-    so every face is scored.
+    as the cascade runs it (averaged with the mirror image when ``detector.mirror_onet``), so
+    every face is scored.
     """
     from tqdm import tqdm
 
@@ -258,7 +259,8 @@ def evaluate_landmarks(
             for path, image in zip(chunk, images):
                 members = by_path[path]
                 boxes = torch.as_tensor(np.stack([faces[i].box for i in members]), dtype=torch.float32)
-                predicted[members] = onet_landmarks(detector.nets["onet"], to_pixel_tensor(image), boxes).numpy()
+                predicted[members] = onet_landmarks(detector.stage_net("onet"), to_pixel_tensor(image),
+                                                    boxes).numpy()
         else:
             for path, found in zip(chunk, detector.detect(images)):
                 members = by_path[path]

@@ -28,6 +28,8 @@ from torch import nn
 #: Input window side in pixels for each stage.
 INPUT_SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
 STAGES = tuple(INPUT_SIZES)
+#: Point order after a left-right flip: the eyes swap, the nose stays, the mouth corners swap.
+MIRRORED_POINT_ORDER = (1, 0, 2, 4, 3)
 
 
 class NetOutput(NamedTuple):
@@ -41,6 +43,19 @@ class NetOutput(NamedTuple):
     logits: torch.Tensor
     box: torch.Tensor
     landmarks: torch.Tensor
+
+
+def mirror_outputs(box: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box offsets ``[N, 4]`` and landmarks ``[N, 10]`` of a window mirrored left to right,
+    from those of the window: ``(dx1, dy1, dx2, dy2)`` becomes ``(-dx2, dy1, -dx1, dy2)`` (the
+    right edge becomes the left one), each point's ``x`` becomes ``1 - x``, and the left and
+    right eyes and mouth corners swap, so that "left eye" still names the eye on the image's left.
+    Mirroring twice gives the inputs back.
+    """
+    mirrored_box = torch.stack([-box[:, 2], box[:, 1], -box[:, 0], box[:, 3]], dim=1)
+    points = landmarks.reshape(-1, 5, 2)[:, list(MIRRORED_POINT_ORDER)]
+    mirrored_points = torch.stack([1.0 - points[..., 0], points[..., 1]], dim=-1).reshape(-1, 10)
+    return mirrored_box, mirrored_points
 
 
 def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
@@ -162,6 +177,30 @@ class ONet(nn.Module):
 
 
 NET_CLASSES: dict[str, type[nn.Module]] = {"pnet": PNet, "rnet": RNet, "onet": ONet}
+
+
+class MirrorAveraged(nn.Module):
+    """R-Net or O-Net run on each crop and on its left-right mirror image, the two outputs
+    averaged: ``[N, 3, S, S]`` -> logits ``[N, 2]``, box offsets ``[N, 4]``, landmarks ``[N, 10]``.
+
+    The mirror's box offsets and landmarks are mapped back by :func:`mirror_outputs` before
+    averaging, and the face logits are averaged as they are. The result is the same for a crop
+    and its mirror image (up to mirroring the outputs), which a net trained on randomly flipped
+    crops only approximates, and the errors of the two views that are not common to both partly
+    cancel. It costs a second forward pass per crop.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.stage = getattr(net, "stage", None)
+
+    def forward(self, pixels: torch.Tensor) -> NetOutput:
+        count = pixels.shape[0]
+        both = self.net(torch.cat([pixels, pixels.flip(3)]))  # both views in one call: larger, faster batches
+        box, landmarks = mirror_outputs(both.box[count:], both.landmarks[count:])
+        return NetOutput((both.logits[:count] + both.logits[count:]) / 2, (both.box[:count] + box) / 2,
+                         (both.landmarks[:count] + landmarks) / 2)
 
 
 def build_net(stage: str, dropout: float = 0.0) -> nn.Module:

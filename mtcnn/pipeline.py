@@ -43,6 +43,7 @@ class EvalSetting:
     min_face_size: float = setting(20.0, low=1.0)
     scale_factor: float = setting(0.709, low=0.0, low_open=True, high=0.99)
     thresholds: tuple[float, float, float] = setting((0.6, 0.7, 0.7), low=0.0, high=1.0)
+    mirror_onet: bool = setting(True, doc="average O-Net over each crop and its mirror image")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,7 +231,7 @@ class Pipeline:
             evaluation = self.config.evaluate
             ground_truth = load_ground_truth(evaluation.wider_ground_truth)
             settings = {"min_face_size": eval_setting.min_face_size, "scale_factor": eval_setting.scale_factor,
-                        "thresholds": tuple(eval_setting.thresholds)}
+                        "thresholds": tuple(eval_setting.thresholds), "mirror_onet": eval_setting.mirror_onet}
             detector = self._detector(STAGES, **settings)
             predictions_dir = self._predictions_dir(eval_setting)
             record = {"weights": {stage: str(self.weights(stage).resolve()) for stage in STAGES},

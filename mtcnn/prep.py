@@ -26,12 +26,11 @@ import torch
 from mtcnn.boxes import crop_and_resize, iou_matrix
 from mtcnn.config import LandmarkCropConfig, PrepConfig
 from mtcnn.datasets import LandmarkFace
+from mtcnn.nets import mirror_outputs
 from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 #: Label of a window that falls between the negative and part thresholds: not used.
 UNUSED = -100
-#: Point order after a horizontal flip: the left eye becomes the right one, and so do the mouth corners.
-MIRRORED_POINT_ORDER = [1, 0, 2, 4, 3]
 
 
 @dataclass
@@ -252,12 +251,10 @@ def face_crops(image: np.ndarray, faces: np.ndarray, invalid: np.ndarray, rng: n
 
 
 def mirror_targets(boxes: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Targets of horizontally flipped crops: box offsets ``[n, 4]`` become ``(-dx2, dy1, -dx1,
-    dy2)``; landmark ``x`` becomes ``1 - x`` and the left and right eyes and mouth corners swap."""
-    boxes = np.stack([-boxes[:, 2], boxes[:, 1], -boxes[:, 0], boxes[:, 3]], axis=1)
-    points = landmarks.reshape(-1, 5, 2)[:, MIRRORED_POINT_ORDER].copy()
-    points[:, :, 0] = 1.0 - points[:, :, 0]
-    return boxes.astype(np.float32), points.reshape(-1, 10).astype(np.float32)
+    """Targets ``[n, 4]``, ``[n, 10]`` of horizontally flipped crops, by :func:`mtcnn.nets.mirror_outputs`."""
+    mirrored_boxes, mirrored_points = mirror_outputs(torch.from_numpy(np.asarray(boxes, np.float32)),
+                                                     torch.from_numpy(np.asarray(landmarks, np.float32)))
+    return mirrored_boxes.numpy(), mirrored_points.numpy()
 
 
 def rotation_matrix(centre: np.ndarray, degrees: float) -> np.ndarray:

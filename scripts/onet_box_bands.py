@@ -4,7 +4,8 @@
         --onet original=data/reference_weights/facenet_pytorch/onet.pt --images 300
 
 Runs P-Net and R-Net of ``--weights`` over WIDER_val images, squares R-Net's boxes as the
-cascade does, and gives the crops to each O-Net. Each window is matched to the valid face it
+cascade does, and gives the crops to each O-Net (averaged over each crop and its mirror image
+unless ``--no-mirror-onet``, as the cascade runs it). Each window is matched to the valid face it
 overlaps most and put in a band by that IoU: positive (>= 0.65), part face (0.4 to 0.65) and
 near miss (0.25 to 0.4; no box target in training). Per band and O-Net it reports:
 
@@ -36,7 +37,7 @@ from mtcnn.cli import add_detector_options, detector_from_args
 from mtcnn.datasets import WiderImage, read_wider
 from mtcnn.errors import MtcnnError
 from mtcnn.images import to_pixel_tensor
-from mtcnn.nets import INPUT_SIZES
+from mtcnn.nets import INPUT_SIZES, MirrorAveraged
 from mtcnn.weights import load_net
 
 log = logging.getLogger("onet_box_bands")
@@ -172,6 +173,8 @@ def main() -> int:
             raise MtcnnError(f"--images must be at least 1, got {args.images}")
         detector = detector_from_args(args)
         onets = {name: load_net(path, "onet").to(detector.device).eval() for name, path in args.onet}
+        if args.mirror_onet:  # each O-Net as the cascade runs it
+            onets = {name: MirrorAveraged(net) for name, net in onets.items()}
         images = read_wider(args.annotations, args.images_dir)
         if args.images is not None:
             images = images[:: max(1, len(images) // args.images)][: args.images]

@@ -13,14 +13,15 @@ from PIL import Image
 
 from mtcnn.boxes import pairwise_iou
 from mtcnn.detector import MTCNN, Faces
-from mtcnn.nets import STAGES
+from mtcnn.nets import STAGES, MirrorAveraged
 
 SAMPLE = "samples/2007_007763.jpg"  # seven faces, 375 x 500
 
 
 @pytest.fixture(scope="module")
 def detector(reference_weights) -> MTCNN:
-    return MTCNN(reference_weights, device="cpu")
+    # O-Net once per crop, as the original cascade that made the reference detections runs it.
+    return MTCNN(reference_weights, device="cpu", mirror_onet=False)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +100,14 @@ def test_input_types_give_the_same_faces(detector, kit):
 def test_batching_images_of_different_sizes_changes_nothing(detector, kit):
     paths = [kit / SAMPLE, kit / "samples" / "astronaut.png", kit / "samples" / "2008_002079.jpg",
              kit / "samples" / "dogs.jpg"]
-    one_by_one = [detector.detect(path) for path in paths]
-    chunked = MTCNN(nets=detector.nets, device="cpu", batch_size=3, pnet_pixel_budget=150_000, crop_budget=5)
-    for batched in (detector.detect(paths), chunked.detect(paths)):
-        for single, together in zip(one_by_one, batched):
-            assert_same_faces(together, single)
+    for mirror_onet in (False, True):
+        plain = MTCNN(nets=detector.nets, device="cpu", mirror_onet=mirror_onet)
+        one_by_one = [plain.detect(path) for path in paths]
+        chunked = MTCNN(nets=detector.nets, device="cpu", batch_size=3, pnet_pixel_budget=150_000, crop_budget=5,
+                        mirror_onet=mirror_onet)
+        for batched in (plain.detect(paths), chunked.detect(paths)):
+            for single, together in zip(one_by_one, batched):
+                assert_same_faces(together, single)
 
 
 def in_position_order(faces: Faces) -> tuple[np.ndarray, np.ndarray]:
@@ -173,6 +177,19 @@ def test_stage_outputs_narrow_down(detector, kit):
     assert set(only_pnet.detect_stages([kit / SAMPLE], last_stage="pnet")[0]) == {"pnet"}
     with pytest.raises(ValueError, match="needs weights for R-Net, O-Net"):
         only_pnet.detect(kit / SAMPLE)
+
+
+def test_mirrored_onet_changes_the_onet_stage_only(detector, kit):
+    plain = MTCNN(nets=detector.nets, device="cpu", mirror_onet=False).detect_stages([kit / SAMPLE])[0]
+    mirrored = MTCNN(nets=detector.nets, device="cpu").detect_stages([kit / SAMPLE])[0]
+    by_hand = MTCNN(nets={**detector.nets, "onet": MirrorAveraged(detector.nets["onet"])}, device="cpu",
+                    mirror_onet=False).detect_stages([kit / SAMPLE])[0]
+    for stage in ("pnet", "rnet"):
+        assert_same_faces(mirrored[stage], plain[stage], atol=0.0)
+    assert_same_faces(mirrored["onet"], by_hand["onet"], atol=1e-3)
+    assert len(mirrored["onet"]) == len(plain["onet"]) == 7
+    assert not np.allclose(mirrored["onet"].scores, plain["onet"].scores, atol=1e-6, rtol=0)
+    assert not np.allclose(mirrored["onet"].landmarks, plain["onet"].landmarks, atol=0.1)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -192,3 +192,12 @@ def test_landmark_error_of_the_reference_weights(kit, reference_weights, tmp_pat
     report = json.loads((tmp_path / "lm.json").read_text())
     assert report["nme"] == pytest.approx(detected.nme, abs=1e-6) and report["missed"] == detected.missed
     assert "NME (inter-ocular)" in capsys.readouterr().out
+    # --no-mirror-onet runs O-Net once per crop, as MTCNN(mirror_onet=False) does.
+    status = main(["eval", "landmarks", "--list", str(list_file), "--images-root", str(kit / "landmarks"),
+                   "--weights", str(reference_weights), "--device", "cpu", "--no-mirror-onet", "--use-boxes",
+                   "--out", str(tmp_path / "lm_once.json")])
+    once = evaluate_landmarks(faces, MTCNN(reference_weights, device="cpu", mirror_onet=False), use_boxes=True,
+                              progress=False)
+    report = json.loads((tmp_path / "lm_once.json").read_text())
+    assert status == 0 and report["detector"]["mirror_onet"] is False
+    assert report["nme"] == pytest.approx(once.nme, abs=1e-6) and once.nme != pytest.approx(given.nme, abs=1e-6)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mtcnn.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from mtcnn.errors import WeightsError
-from mtcnn.nets import NET_CLASSES, PNet, build_net
+from mtcnn.nets import NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
 from mtcnn.weights import load_net, resolve_weight_files
 
 
@@ -41,6 +41,45 @@ def test_dropout_acts_in_training_only_and_adds_no_weights(stage, size):
         assert torch.equal(left, right)
     dropped.train()
     assert not torch.allclose(dropped(pixels).logits, plain(pixels).logits)
+
+
+def test_mirror_averaged_is_the_mean_of_a_crop_and_its_mirror_worked_out_by_hand():
+    torch.manual_seed(0)
+    net = build_net("onet").eval()
+    pixels = torch.rand(3, 3, 48, 48) * 255
+    with torch.no_grad():
+        averaged = MirrorAveraged(net)(pixels)
+        for i in range(len(pixels)):
+            plain, mirrored = net(pixels[i:i + 1]), net(pixels[i:i + 1].flip(3))
+            # In the mirror image the face's right edge is on the left: its left offset, negated,
+            # is the right offset in the crop as given.
+            dx1, dy1, dx2, dy2 = mirrored.box[0]
+            box = torch.stack([-dx2, dy1, -dx1, dy2])
+            left_eye, right_eye, nose, left_mouth, right_mouth = mirrored.landmarks[0].reshape(5, 2)
+            points = torch.stack([right_eye, left_eye, nose, right_mouth, left_mouth])
+            points[:, 0] = 1 - points[:, 0]
+            torch.testing.assert_close(averaged.logits[i], (plain.logits[0] + mirrored.logits[0]) / 2)
+            torch.testing.assert_close(averaged.box[i], (plain.box[0] + box) / 2)
+            torch.testing.assert_close(averaged.landmarks[i], (plain.landmarks[0] + points.flatten()) / 2)
+
+
+@pytest.mark.parametrize("stage, size", [("rnet", 24), ("onet", 48)])
+def test_mirror_averaged_outputs_of_a_mirrored_crop_are_mirrored(stage, size):
+    torch.manual_seed(1)
+    net = build_net(stage).eval()
+    pixels = torch.rand(4, 3, size, size) * 255
+    with torch.no_grad():
+        as_given, of_mirror = MirrorAveraged(net)(pixels), MirrorAveraged(net)(pixels.flip(3))
+        plain, plain_of_mirror = net(pixels), net(pixels.flip(3))
+    box, landmarks = mirror_outputs(of_mirror.box, of_mirror.landmarks)
+    torch.testing.assert_close(of_mirror.logits, as_given.logits)
+    torch.testing.assert_close(box, as_given.box)
+    torch.testing.assert_close(landmarks, as_given.landmarks)
+    twice_box, twice_landmarks = mirror_outputs(*mirror_outputs(box, landmarks))  # the identity
+    torch.testing.assert_close(twice_box, box)
+    torch.testing.assert_close(twice_landmarks, landmarks)
+    # A net alone is not symmetric: that is what the averaging adds.
+    assert not torch.allclose(plain.logits, plain_of_mirror.logits, atol=1e-3)
 
 
 def test_pnet_takes_no_dropout():

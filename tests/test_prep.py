@@ -14,7 +14,8 @@ from mtcnn.cli import main
 from mtcnn.config import StageConfig, build_config
 from mtcnn.datasets import read_landmark_list, read_wider
 from mtcnn.errors import DataError, MtcnnError
-from mtcnn.prep import MIRRORED_POINT_ORDER, cut_crops, mirror_targets
+from mtcnn.nets import MIRRORED_POINT_ORDER
+from mtcnn.prep import cut_crops, mirror_targets
 from mtcnn.prep_runner import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
 from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
 
@@ -156,7 +157,7 @@ def test_mirror_targets_by_hand():
     np.testing.assert_allclose(mirrored_boxes, [[0.2, -0.05, -0.1, 0.15]])
     np.testing.assert_allclose(mirrored_points.reshape(5, 2), [[0.8, 0.3], [1.0, 0.1], [0.6, 0.5], [0.2, 0.9],
                                                                [0.4, 0.7]], atol=1e-6)
-    assert MIRRORED_POINT_ORDER == [1, 0, 2, 4, 3]
+    assert MIRRORED_POINT_ORDER == (1, 0, 2, 4, 3)
     # A mirrored crop's pixels are the horizontal flip of the crop of the mirrored image.
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     window = np.array([[7, 5, 30, 28]], np.float32)
