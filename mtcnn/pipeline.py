@@ -253,10 +253,11 @@ class Pipeline:
         from mtcnn.evaluate import evaluate_landmarks
 
         faces = read_landmark_list(self.config.evaluate.landmark_list)
-        result = evaluate_landmarks(faces, self._detector(STAGES))
+        detector = self._detector(STAGES)
+        result = evaluate_landmarks(faces, detector)
         log.info("%s", result.format())
         self._write_json(self.report("landmarks"), {"list": str(self.config.evaluate.landmark_list),
-                                                     **result.to_dict()})
+                                                     "mirror_onet": detector.mirror_onet, **result.to_dict()})
 
     # ---------------------------------------------------------------------------- summary
 
