@@ -94,7 +94,7 @@ def bench_detect(
     from mtcnn.detector import MTCNN
 
     decoded = [read_image(path) for path in images]
-    name = "mtcnn" if mirror_onet else "mtcnn, O-Net unmirrored"
+    name = "mtcnn" if mirror_onet else "mtcnn, O-Net once"
     rows = []
     for min_face in min_face_sizes:
         for batch in batch_sizes:

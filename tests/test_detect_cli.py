@@ -87,3 +87,17 @@ def test_bad_options_are_one_line_errors(photos, reference_weights, tmp_path, ca
 def test_no_images_found_is_an_error(tmp_path, reference_weights, capsys):
     assert cli.main(["detect", str(tmp_path), "--weights", str(reference_weights)]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mirror_onet, name", [(True, "mtcnn"), (False, "mtcnn, O-Net once")])
+def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_onet, name):
+    from mtcnn.bench import bench_detect, benchmark_images
+    from mtcnn.detector import MTCNN
+
+    images = benchmark_images(kit / "samples", 3)
+    rows = bench_detect(reference_weights, images, min_face_sizes=(40,), batch_sizes=(1,), repeats=1, device="cpu",
+                        compare_facenet=False, mirror_onet=mirror_onet)
+    detector = MTCNN(reference_weights, device="cpu", min_face_size=40, mirror_onet=mirror_onet)
+    assert [(row.detector, row.min_face_size, row.batch_size) for row in rows] == [(name, 40, 1)]
+    assert rows[0].faces == sum(len(faces) for faces in detector.detect(images)) > 0
+    assert rows[0].images_per_second > 0
