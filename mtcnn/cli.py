@@ -35,11 +35,16 @@ def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | No
                        help="ratio between image pyramid levels (default 0.709)")
     group.add_argument("--thresholds", type=float, nargs=3, default=(0.6, 0.7, 0.7), metavar=("P", "R", "O"),
                        help="face probability thresholds of P-Net, R-Net, O-Net (default 0.6 0.7 0.7)")
-    group.add_argument("--mirror-onet", action=argparse.BooleanOptionalAction, default=True,
-                       help="average O-Net over each crop and its mirror image (default: on; --no-mirror-onet "
-                       "runs it once per crop, as the original cascade does)")
+    add_mirror_option(group)
     group.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
     group.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
+
+
+def add_mirror_option(parser) -> None:
+    """``--mirror-onet`` / ``--no-mirror-onet``, the ``mirror_onet`` setting of :class:`~mtcnn.detector.MTCNN`."""
+    parser.add_argument("--mirror-onet", action=argparse.BooleanOptionalAction, default=True,
+                        help="average O-Net over each crop and its mirror image (default: on; --no-mirror-onet "
+                        "runs it once per crop, as the original cascade does)")
 
 
 def add_overrides_option(parser: argparse.ArgumentParser, example: str) -> None:
@@ -519,8 +524,7 @@ def _add_bench_parser(subparsers) -> None:
     detect.add_argument("--repeats", type=int, default=3, help="timed runs per setting (default 3)")
     detect.add_argument("--device", default="auto")
     detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
-    detect.add_argument("--mirror-onet", action=argparse.BooleanOptionalAction, default=True,
-                        help="average O-Net over each crop and its mirror image (default: on, as MTCNN())")
+    add_mirror_option(detect)
     detect.set_defaults(run=_run_bench_detect)
     _add_bench_prep_parser(benches)
     _add_bench_train_parser(benches)

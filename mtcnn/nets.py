@@ -193,7 +193,6 @@ class MirrorAveraged(nn.Module):
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
-        self.stage = getattr(net, "stage", None)
 
     def forward(self, pixels: torch.Tensor) -> NetOutput:
         count = pixels.shape[0]
