@@ -15,6 +15,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from mtcnn.allocator import retain_freed_memory
 from mtcnn.errors import MtcnnError
 
 log = logging.getLogger("mtcnn")
@@ -643,6 +644,7 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Parse ``argv``, run the chosen command, and turn user errors into one line and a status."""
     args = parser.parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
+    retain_freed_memory()
     try:
         return args.run(args)
     except MtcnnError as exc:

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from mtcnn.allocator import retain_freed_memory
 from mtcnn.checkpoint import software_versions
 from mtcnn.config import StageConfig, to_dict
 from mtcnn.datasets import LandmarkFace, WiderImage, points_outside, read_landmark_list, read_wider
@@ -200,6 +201,7 @@ def single_threaded() -> Iterator[None]:
 
 
 def _worker_init() -> None:
+    retain_freed_memory()  # spawned workers do not inherit the parent's malloc settings
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
 
