@@ -5,8 +5,8 @@ blocks are freed, never past 32 MiB) with a fresh ``mmap`` and gives it back wit
 ``free``; it also gives the heap top back to the kernel once twice that threshold lies free there.
 PyTorch on the CPU allocates through ``malloc`` with no cache of its own, so every training step
 of O-Net at batch 384 maps, zeroes and unmaps its activations (about 100 MB each) again: on a
-2-core machine half of a step was system time in page faults (``mtcnn bench train``: 577 samples/s
-against 1,137 with the blocks kept). Raising both thresholds keeps freed blocks in the heap,
+2-core machine half of a step was system time in page faults (``mtcnn bench train``: 435 samples/s
+against 1,145 with the blocks kept). Raising both thresholds keeps freed blocks in the heap,
 where the next step reuses them. The cost is memory: the process keeps its peak heap instead of
 returning it between steps.
 
@@ -22,6 +22,7 @@ import ctypes.util
 import logging
 import os
 import sys
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def retain_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
     return applied
 
 
-def _glibc_mallopt():
+def _glibc_mallopt() -> Callable[[int, int], int] | None:
     """glibc's ``mallopt`` as a ctypes function, or None where the C library is not glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -12,15 +11,8 @@ import pytest
 from mtcnn import allocator, cli
 
 
-def _has_glibc() -> bool:
-    try:
-        ctypes.CDLL("libc.so.6").gnu_get_libc_version
-    except (OSError, AttributeError):
-        return False
-    return sys.platform.startswith("linux")
-
-
-needs_glibc = pytest.mark.skipif(not _has_glibc(), reason="the malloc thresholds are glibc's (Linux)")
+needs_glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._glibc_mallopt() is None,
+                                 reason="the malloc thresholds are glibc's (Linux)")
 
 # Allocates 256 MiB through malloc, as torch does on the CPU, and reports whether the block lies in
 # the brk heap (kept there when freed) or in a mapping of its own (unmapped on free).
