@@ -5,7 +5,7 @@ blocks are freed, never past 32 MiB) with a fresh ``mmap`` and gives it back wit
 ``free``; it also gives the heap top back to the kernel once twice that threshold lies free there.
 PyTorch on the CPU allocates through ``malloc`` with no cache of its own, so every training step
 of O-Net at batch 384 maps, zeroes and unmaps its activations (about 100 MB each) again: on a
-2-core machine half of a step was system time in page faults (``mtcnn bench train``: 435 samples/s
+2-core machine over 40% of the CPU time went to page faults (``mtcnn bench train``: 435 samples/s
 against 1,145 with the blocks kept). Raising both thresholds keeps freed blocks in the heap,
 where the next step reuses them. The cost is memory: the process keeps its peak heap instead of
 returning it between steps.
