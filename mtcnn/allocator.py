@@ -18,7 +18,6 @@ detects on the CPU can call it too. Settings of the user's own (the ``MALLOC_MMA
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -63,7 +62,9 @@ def retain_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
 def _glibc_mallopt() -> Callable[[int, int], int] | None:
     """glibc's ``mallopt`` as a ctypes function, or None where the C library is not glibc."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The symbols already loaded into this process, libc's among them: find_library("c") would
+        # run ldconfig or a compiler in a subprocess on every command's start.
+        libc = ctypes.CDLL(None)
         # gnu_get_libc_version exists only in glibc: musl also has a mallopt, which does nothing.
         libc.gnu_get_libc_version
         mallopt = libc.mallopt
