@@ -5,8 +5,8 @@
 Runs the cascade of ``--weights`` (P-Net, R-Net and the O-Net that scores the faces) but takes
 O-Net's box and landmark outputs from ``--boxes-from``, then scores WIDER_val by the official
 protocol. The cascade runs the swapped O-Net as any other (averaged over each crop and its mirror
-image unless ``--no-mirror-onet``). Beside the two plain cascades it splits an O-Net's AP gap into what its face scores
-cost and what its box regression costs.
+image unless ``--no-mirror-onet``). Beside the two plain cascades it splits an O-Net's AP gap into
+what its face scores cost and what its box regression costs.
 """
 
 from __future__ import annotations
