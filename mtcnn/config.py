@@ -407,6 +407,8 @@ class TrainConfig:
     grad_clip_norm: float | None = setting(None, low=0.0, low_open=True, doc="clip the gradient norm (null: no)")
     dropout: float = setting(0.0, low=0.0, high=0.9,
                              doc="R-Net, O-Net: dropout on the features the heads share (P-Net: 0)")
+    dropout_heads: str = setting("all", choices=("all", "classification"),
+                                 doc="heads fed the dropped features: all, or classification only")
     amp: bool = setting(True, doc="mixed precision on CUDA (ignored on the CPU)")
     amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
     store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")

@@ -687,7 +687,7 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
                  f", {len(val_data)} validation samples from {val_path}" if val_data is not None else "")
 
     torch.manual_seed(train.seed)
-    net = build_net(config.stage, train.dropout)
+    net = build_net(config.stage, train.dropout, train.dropout_heads)
     if train.init_weights is not None and checkpoint is None:
         net.load_state_dict(load_net(train.init_weights, config.stage).state_dict())
     if distributed.is_main:

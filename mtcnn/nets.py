@@ -110,8 +110,9 @@ class RNet(nn.Module):
 
     stage = "rnet"
 
-    def __init__(self, dropout: float = 0.0) -> None:
-        """``dropout``: probability of zeroing each of the 128 shared features while training."""
+    def __init__(self, dropout: float = 0.0, dropout_heads: str = "all") -> None:
+        """``dropout``: probability of zeroing each of the 128 shared features while training, before
+        the heads ``dropout_heads`` names (see :func:`build_net`)."""
         super().__init__()
         self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
         self.prelu1 = nn.PReLU(28)
@@ -124,6 +125,7 @@ class RNet(nn.Module):
         self.dense4 = nn.Linear(576, 128)
         self.prelu4 = nn.PReLU(128)
         self.dropout = nn.Dropout(dropout)
+        self.dropout_heads = _check_dropout_heads(dropout_heads)
         self.dense5_1 = nn.Linear(128, 2)
         self.dense5_2 = nn.Linear(128, 4)
         self.dense5_3 = nn.Linear(128, 10)
@@ -134,8 +136,10 @@ class RNet(nn.Module):
         x = self.prelu2(self.conv2(x))
         x = self.pool2(x)
         x = self.prelu3(self.conv3(x))
-        x = self.dropout(self.prelu4(self.dense4(x.flatten(1))))
-        return NetOutput(self.dense5_1(x), self.dense5_2(x), self.dense5_3(x))
+        features = self.prelu4(self.dense4(x.flatten(1)))
+        dropped = self.dropout(features)
+        kept = dropped if self.dropout_heads == "all" else features
+        return NetOutput(self.dense5_1(dropped), self.dense5_2(kept), self.dense5_3(kept))
 
 
 class ONet(nn.Module):
@@ -143,8 +147,9 @@ class ONet(nn.Module):
 
     stage = "onet"
 
-    def __init__(self, dropout: float = 0.0) -> None:
-        """``dropout``: probability of zeroing each of the 256 shared features while training."""
+    def __init__(self, dropout: float = 0.0, dropout_heads: str = "all") -> None:
+        """``dropout``: probability of zeroing each of the 256 shared features while training, before
+        the heads ``dropout_heads`` names (see :func:`build_net`)."""
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
         self.prelu1 = nn.PReLU(32)
@@ -160,6 +165,7 @@ class ONet(nn.Module):
         self.dense5 = nn.Linear(1152, 256)
         self.prelu5 = nn.PReLU(256)
         self.dropout = nn.Dropout(dropout)
+        self.dropout_heads = _check_dropout_heads(dropout_heads)
         self.dense6_1 = nn.Linear(256, 2)
         self.dense6_2 = nn.Linear(256, 4)
         self.dense6_3 = nn.Linear(256, 10)
@@ -172,8 +178,10 @@ class ONet(nn.Module):
         x = self.prelu3(self.conv3(x))
         x = self.pool3(x)
         x = self.prelu4(self.conv4(x))
-        x = self.dropout(self.prelu5(self.dense5(x.flatten(1))))
-        return NetOutput(self.dense6_1(x), self.dense6_2(x), self.dense6_3(x))
+        features = self.prelu5(self.dense5(x.flatten(1)))
+        dropped = self.dropout(features)
+        kept = dropped if self.dropout_heads == "all" else features
+        return NetOutput(self.dense6_1(dropped), self.dense6_2(kept), self.dense6_3(kept))
 
 
 NET_CLASSES: dict[str, type[nn.Module]] = {"pnet": PNet, "rnet": RNet, "onet": ONet}
@@ -202,16 +210,29 @@ class MirrorAveraged(nn.Module):
                          (both.landmarks[:count] + landmarks) / 2)
 
 
-def build_net(stage: str, dropout: float = 0.0) -> nn.Module:
+DROPOUT_HEADS = ("all", "classification")
+
+
+def _check_dropout_heads(dropout_heads: str) -> str:
+    if dropout_heads not in DROPOUT_HEADS:
+        raise ValueError(f"dropout_heads must be one of {', '.join(DROPOUT_HEADS)}, got {dropout_heads!r}")
+    return dropout_heads
+
+
+def build_net(stage: str, dropout: float = 0.0, dropout_heads: str = "all") -> nn.Module:
     """A freshly initialised net for ``stage`` ('pnet', 'rnet' or 'onet').
 
     ``dropout`` (R-Net and O-Net only) acts on the features the three heads share, in training
-    mode only; it adds no weights, so checkpoints load either way.
+    mode only; it adds no weights, so checkpoints load either way. ``dropout_heads`` says which
+    heads see the dropped features: ``all`` three, or only the face ``classification`` head (the box
+    and landmark heads then regress from the whole features: dropout before a linear regression
+    head acts like a ridge penalty and shrinks its outputs).
     """
     if stage not in NET_CLASSES:
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    _check_dropout_heads(dropout_heads)
     if stage == "pnet":
         if dropout:
             raise ValueError("P-Net has no dropout layer (it is fully convolutional); use dropout 0")
         return PNet()
-    return NET_CLASSES[stage](dropout)
+    return NET_CLASSES[stage](dropout, dropout_heads)

@@ -212,15 +212,17 @@ def test_gradient_clipping_bounds_the_update(kit_store, tmp_path):
 def test_configured_dropout_reaches_the_trained_net(kit_store, tmp_path, monkeypatch):
     built = []
 
-    def recording_build_net(stage: str, dropout: float = 0.0) -> torch.nn.Module:
-        net = build_net(stage, dropout)
+    def recording_build_net(stage: str, dropout: float = 0.0, dropout_heads: str = "all") -> torch.nn.Module:
+        net = build_net(stage, dropout, dropout_heads)
         built.append(net)
         return net
 
     monkeypatch.setattr("mtcnn.engine.build_net", recording_build_net)
     config = load_train_config("rnet", TINY.parent / "rnet.yaml",
                                [f"train_store={kit_store('rnet', 'train')}", f"val_store={kit_store('rnet', 'val')}",
-                                f"out_dir={tmp_path}", "epochs=1", "dropout=0.3", "val_image_count=0"])
+                                f"out_dir={tmp_path}", "epochs=1", "dropout=0.3", "dropout_heads=classification",
+                                "val_image_count=0"])
     run_training(config, "cpu", show_progress=False)
-    assert [net.dropout.p for net in built] == [0.3]
-    assert load_checkpoint(tmp_path / LAST_CHECKPOINT)["config"]["train"]["dropout"] == 0.3
+    assert [(net.dropout.p, net.dropout_heads) for net in built] == [(0.3, "classification")]
+    saved = load_checkpoint(tmp_path / LAST_CHECKPOINT)["config"]["train"]
+    assert (saved["dropout"], saved["dropout_heads"]) == (0.3, "classification")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mtcnn.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from mtcnn.config import TrainConfig
 from mtcnn.errors import WeightsError
-from mtcnn.nets import NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
+from mtcnn.nets import DROPOUT_HEADS, NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
 from mtcnn.weights import load_net, resolve_weight_files
 
 
@@ -41,6 +44,28 @@ def test_dropout_acts_in_training_only_and_adds_no_weights(stage, size):
         assert torch.equal(left, right)
     dropped.train()
     assert not torch.allclose(dropped(pixels).logits, plain(pixels).logits)
+
+
+@pytest.mark.parametrize("stage, size", [("rnet", 24), ("onet", 48)])
+def test_dropout_on_the_classification_head_only_leaves_box_and_landmarks_undropped(stage, size):
+    torch.manual_seed(0)
+    plain = build_net(stage).train()
+    pixels = torch.rand(8, 3, size, size) * 255
+    expected = plain(pixels)
+    for heads, box_dropped in (("classification", False), ("all", True)):
+        dropped = build_net(stage, dropout=0.5, dropout_heads=heads).train()
+        dropped.load_state_dict(plain.state_dict())
+        output = dropped(pixels)
+        assert not torch.allclose(output.logits, expected.logits)
+        assert torch.equal(output.box, expected.box) is not box_dropped
+        assert torch.equal(output.landmarks, expected.landmarks) is not box_dropped
+
+
+def test_unknown_dropout_heads_is_an_error_and_the_config_offers_the_known_ones():
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == "dropout_heads")
+    assert field.metadata["choices"] == DROPOUT_HEADS
+    with pytest.raises(ValueError, match="dropout_heads must be one of all, classification, got 'box'"):
+        build_net("onet", dropout=0.25, dropout_heads="box")
 
 
 def test_mirror_averaged_is_the_mean_of_a_crop_and_its_mirror_worked_out_by_hand():
