@@ -440,7 +440,8 @@ def _add_prep_parser(subparsers) -> None:
                          help="replace a store in DIR prepared with other settings")
         for net in needs:
             sub.add_argument(f"--{net}", type=Path, required=True, metavar="CKPT",
-                             help=f"{net} weights: a checkpoint of this project or the original release's file")
+                             help=f"{net} weights: a checkpoint of this project, the original release's file, "
+                                  "or 'shipped' for the package's own")
         if needs:
             sub.add_argument("--device", default="auto", help="auto, cpu or cuda for the mining nets (default auto)")
         sub.set_defaults(run=_run_prep, stage=stage, needs=needs)
@@ -457,14 +458,16 @@ def _add_prep_parser(subparsers) -> None:
 def _run_prep(args: argparse.Namespace) -> int:
     from mtcnn.config import load_config
     from mtcnn.prep_runner import default_workers, format_summary, prepare
+    from mtcnn.weights import stage_weights_file
 
     config = load_config(args.config, args.overrides)
     device = str(device_from_args(args.device)) if args.needs else "cpu"
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise MtcnnError(f"--workers must be at least 1, got {workers}")
+    weights = {net: stage_weights_file(getattr(args, net), net) for net in args.needs}
     summary = prepare(args.stage, config, args.out, split=args.split, workers=workers, overwrite=args.overwrite,
-                      weights={net: getattr(args, net) for net in args.needs}, device=device)
+                      weights=weights, device=device)
     print(format_summary(summary))
     return 0
 
@@ -552,8 +555,9 @@ def _add_bench_prep_parser(benches) -> None:
     prep.add_argument("--stage", choices=("pnet", "rnet", "onet"), default="pnet")
     prep.add_argument("--config", type=Path, default=None, help="stage config (default configs/STAGE.yaml)")
     add_overrides_option(prep, "prep.random.crops_per_face=10")
-    prep.add_argument("--pnet", type=Path, default=None, metavar="CKPT", help="P-Net weights (rnet, onet)")
-    prep.add_argument("--rnet", type=Path, default=None, metavar="CKPT", help="R-Net weights (onet)")
+    prep.add_argument("--pnet", type=Path, default=None, metavar="CKPT",
+                      help="P-Net weights, or 'shipped' (rnet, onet)")
+    prep.add_argument("--rnet", type=Path, default=None, metavar="CKPT", help="R-Net weights, or 'shipped' (onet)")
     prep.add_argument("--workers", type=int, nargs="+", default=None, metavar="N",
                       help="worker counts to time (default: one per CPU core)")
     prep.add_argument("--repeats", type=int, default=3, help="timed runs per worker count (default 3)")
@@ -568,6 +572,7 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
     from mtcnn.config import load_config
     from mtcnn.prep_bench import bench_prep, format_prep_table
     from mtcnn.prep_runner import default_workers
+    from mtcnn.weights import stage_weights_file
 
     config = load_config(args.config or Path(f"configs/{args.stage}.yaml"), args.overrides)
     needs = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}[args.stage]
@@ -577,8 +582,8 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
     if args.repeats < 1:
         raise MtcnnError(f"--repeats must be at least 1, got {args.repeats}")
     workers = args.workers or [default_workers()]
-    rows = bench_prep(args.stage, config, workers, args.repeats, {net: getattr(args, net) for net in needs},
-                      args.device, args.scratch)
+    weights = {net: stage_weights_file(getattr(args, net), net) for net in needs}
+    rows = bench_prep(args.stage, config, workers, args.repeats, weights, args.device, args.scratch)
     print(format_prep_table(rows, machine_description(args.device), args.repeats))
     return 0
 

@@ -393,7 +393,8 @@ class TrainConfig:
     val_store: Path | None = setting(None, doc="prepared validation store; null: runs/prep/<stage>-val")
     validate: bool = setting(True, doc="validate every epoch on val_store")
     out_dir: Path | None = setting(None, doc="run folder (checkpoints, TensorBoard); null: runs/train/<stage>")
-    init_weights: Path | None = setting(None, doc="start from these weights (a checkpoint or original file)")
+    init_weights: Path | None = setting(
+        None, doc="start from these weights: a checkpoint, an original file, or 'shipped' (the package's own)")
     epochs: int = setting(20, low=1, doc="passes over the training data")
     batch_size: int | Literal["full"] = setting(
         384, low=1, doc="1: stochastic GD, N: mini-batch, full: full-batch GD over the whole store")

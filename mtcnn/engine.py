@@ -641,7 +641,7 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
     Raises :class:`MtcnnError` subclasses for bad stores, checkpoints or a diverging loss.
     """
     from mtcnn.detector import resolve_device
-    from mtcnn.weights import load_net
+    from mtcnn.weights import load_net, stage_weights_file
 
     try:
         target = resolve_device(device)
@@ -671,6 +671,12 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
         raise MtcnnError(f"{run_dir} already holds a run; continue it with --resume {run_dir / LAST_CHECKPOINT} "
                          "or choose another --out-dir")
 
+    init_file = None
+    if train.init_weights is not None and checkpoint is None:
+        init_file = stage_weights_file(train.init_weights, config.stage)
+        if not init_file.is_file():  # checked before the stores load, which can take minutes
+            raise MtcnnError(f"train.init_weights: {init_file}: no such file")
+
     train_path, val_path = Path(train.train_store), Path(train.val_store)
     train_store = open_stage_store(train_path, config.stage, "training")
     val_store = open_stage_store(val_path, config.stage, "validation") if train.validate else None
@@ -688,8 +694,8 @@ def run_training(config: StageConfig, device: str = "auto", out_dir: Path | None
 
     torch.manual_seed(train.seed)
     net = build_net(config.stage, train.dropout, train.dropout_heads)
-    if train.init_weights is not None and checkpoint is None:
-        net.load_state_dict(load_net(train.init_weights, config.stage).state_dict())
+    if init_file is not None:
+        net.load_state_dict(load_net(init_file, config.stage).state_dict())
     if distributed.is_main:
         write_config(config, run_dir / CONFIG_NAME)
     trainer = Trainer(config.stage, net, train, train_data, val_data, target, run_dir, to_dict(config),

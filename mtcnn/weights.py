@@ -122,6 +122,21 @@ def packaged_weights_dir() -> Path:
     return Path(__file__).resolve().parent / "weights"
 
 
+#: The word that names the package's own weights where a weights file is expected (``--pnet shipped``,
+#: ``train.init_weights: shipped``), so that fine-tuning the shipped detector needs no site-packages path.
+SHIPPED = "shipped"
+
+
+def stage_weights_file(value: str | Path, stage: str) -> Path:
+    """The weights file ``value`` names for ``stage``: :data:`SHIPPED` gives the package's own."""
+    if str(value) != SHIPPED:
+        return Path(value)
+    path = packaged_weights_dir() / f"{stage}.pt"
+    if not path.is_file():
+        raise WeightsError(f"'{SHIPPED}': this installation ships no {path.name} (looked in {path.parent})")
+    return path
+
+
 def resolve_weight_files(weights: str | Path | Mapping[str, str | Path] | None) -> dict[str, Path]:
     """The ``pnet``/``rnet``/``onet`` files to load.
 

@@ -16,6 +16,7 @@ from mtcnn.engine import LAST_CHECKPOINT, NonFiniteLossError, Trainer, load_trai
 from mtcnn.errors import DataError, MtcnnError
 from mtcnn.nets import NetOutput, build_net
 from mtcnn.store import SampleStore
+from mtcnn.weights import load_net, packaged_weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny" / "pnet.yaml"
@@ -226,3 +227,27 @@ def test_configured_dropout_reaches_the_trained_net(kit_store, tmp_path, monkeyp
     assert [(net.dropout.p, net.dropout_heads) for net in built] == [(0.3, "classification")]
     saved = load_checkpoint(tmp_path / LAST_CHECKPOINT)["config"]["train"]
     assert (saved["dropout"], saved["dropout_heads"]) == (0.3, "classification")
+
+
+def test_init_weights_shipped_starts_from_the_package_weights(kit_store, tmp_path):
+    # A vanishing rate leaves the weights where they started, so the saved net shows the start.
+    config = _config(kit_store, tmp_path, "epochs=1", "steps_per_epoch=2", "init_weights=shipped",
+                     "optim.name=sgd", "optim.lr=1e-12", "optim.weight_decay=0", "val_image_count=0")
+    run_training(config, "cpu", show_progress=False)
+    trained = load_net(tmp_path / LAST_CHECKPOINT, "pnet").state_dict()
+    shipped = load_net(packaged_weights_dir() / "pnet.pt", "pnet").state_dict()
+    assert trained.keys() == shipped.keys()
+    for name, value in shipped.items():
+        torch.testing.assert_close(trained[name], value, rtol=0, atol=1e-6, msg=name)
+    fresh = build_net("pnet").state_dict()
+    assert not torch.allclose(fresh["conv1.weight"], shipped["conv1.weight"])  # the check above can fail
+
+
+def test_a_missing_init_weights_file_fails_before_the_stores_load(kit_store, tmp_path, monkeypatch):
+    def no_store(*args, **kwargs):
+        raise AssertionError("the stores were opened before the weights file was checked")
+
+    monkeypatch.setattr("mtcnn.engine.open_stage_store", no_store)
+    config = _config(kit_store, tmp_path, f"init_weights={tmp_path / 'nowhere.pt'}")
+    with pytest.raises(MtcnnError, match=r"^train\.init_weights: .*nowhere\.pt: no such file$"):
+        run_training(config, "cpu", show_progress=False)
