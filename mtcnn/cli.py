@@ -416,6 +416,16 @@ def _run_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ mtcnn prep
 
+#: The earlier nets each stage's sample preparation mines with (its --pnet/--rnet options).
+_MINING_NETS = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}
+
+
+def _mining_weights(args: argparse.Namespace, nets: tuple[str, ...]) -> dict[str, Path]:
+    """The weights files the --pnet/--rnet options name, 'shipped' resolved to the package's own."""
+    from mtcnn.weights import stage_weights_file
+
+    return {net: stage_weights_file(getattr(args, net), net) for net in nets}
+
 
 def _add_prep_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -423,8 +433,7 @@ def _add_prep_parser(subparsers) -> None:
         description="Turn annotated images into a packed sample store for one net; resumable: run the same "
                     "command again after an interruption.")
     commands = parser.add_subparsers(dest="prep_command", metavar="STAGE", required=True)
-    earlier = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}
-    for stage, needs in earlier.items():
+    for stage, needs in _MINING_NETS.items():
         what = "random crops around the faces" if stage == "pnet" else f"boxes mined with {' + '.join(needs)}"
         sub = commands.add_parser(stage, help=f"{stage} samples: {what}, plus landmark crops",
                                   description=f"Prepare the {stage} sample store from {what} and the landmark list.")
@@ -458,16 +467,14 @@ def _add_prep_parser(subparsers) -> None:
 def _run_prep(args: argparse.Namespace) -> int:
     from mtcnn.config import load_config
     from mtcnn.prep_runner import default_workers, format_summary, prepare
-    from mtcnn.weights import stage_weights_file
 
     config = load_config(args.config, args.overrides)
     device = str(device_from_args(args.device)) if args.needs else "cpu"
     workers = args.workers if args.workers is not None else default_workers()
     if workers < 1:
         raise MtcnnError(f"--workers must be at least 1, got {workers}")
-    weights = {net: stage_weights_file(getattr(args, net), net) for net in args.needs}
     summary = prepare(args.stage, config, args.out, split=args.split, workers=workers, overwrite=args.overwrite,
-                      weights=weights, device=device)
+                      weights=_mining_weights(args, args.needs), device=device)
     print(format_summary(summary))
     return 0
 
@@ -572,18 +579,17 @@ def _run_bench_prep(args: argparse.Namespace) -> int:
     from mtcnn.config import load_config
     from mtcnn.prep_bench import bench_prep, format_prep_table
     from mtcnn.prep_runner import default_workers
-    from mtcnn.weights import stage_weights_file
 
     config = load_config(args.config or Path(f"configs/{args.stage}.yaml"), args.overrides)
-    needs = {"pnet": (), "rnet": ("pnet",), "onet": ("pnet", "rnet")}[args.stage]
+    needs = _MINING_NETS[args.stage]
     missing = [f"--{net}" for net in needs if getattr(args, net) is None]
     if missing:
         raise MtcnnError(f"bench prep --stage {args.stage} needs {' and '.join(missing)}")
     if args.repeats < 1:
         raise MtcnnError(f"--repeats must be at least 1, got {args.repeats}")
     workers = args.workers or [default_workers()]
-    weights = {net: stage_weights_file(getattr(args, net), net) for net in needs}
-    rows = bench_prep(args.stage, config, workers, args.repeats, weights, args.device, args.scratch)
+    rows = bench_prep(args.stage, config, workers, args.repeats, _mining_weights(args, needs), args.device,
+                      args.scratch)
     print(format_prep_table(rows, machine_description(args.device), args.repeats))
     return 0
 
