@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import platform
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +47,14 @@ def software_versions() -> dict[str, str]:
 def atomic_save(obj: Any, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename it into place.
 
-    A kill mid-write leaves the previous file (or none), never a truncated one.
+    A kill mid-write leaves the previous file (or none), never a truncated one. The file gets the
+    permissions of any new file (``0o666`` less the umask), not ``mkstemp``'s owner-only ``0o600``,
+    so that weights exported for others can be read by them.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)

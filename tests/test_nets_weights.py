@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import stat
 
 import pytest
 import torch
@@ -209,6 +211,26 @@ def test_checkpoint_round_trip_gives_the_same_net(stage, tmp_path):
     for ours, theirs in zip(net.eval()(pixels), loaded(pixels)):
         assert torch.equal(ours, theirs)
     assert [p.name for p in tmp_path.iterdir()] == [f"{stage}.pt"]  # no temporary left behind
+
+
+def test_atomic_save_gives_new_file_permissions_and_keeps_the_old_file_on_failure(tmp_path):
+    path = tmp_path / "onet.pt"
+    previous_umask = os.umask(0o022)
+    try:
+        atomic_save({"epoch": 1}, path)
+    finally:
+        os.umask(previous_umask)
+    # mkstemp would have left 0o600: weights exported for others must be readable by them
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle")
+
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        atomic_save({"epoch": 2, "bad": Unpicklable()}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["onet.pt"]  # the failed temporary is gone
 
 
 def test_weight_folder_must_hold_all_three(tmp_path):
