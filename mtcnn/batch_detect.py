@@ -5,9 +5,7 @@ Used by ``mtcnn detect``; a file that cannot be read is reported and skipped, th
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,14 +91,6 @@ def results_to_json(results: list[ImageResult]) -> dict[str, Any]:
         ],
         "errors": [{"path": str(r.path), "error": r.error} for r in results if r.faces is None],
     }
-
-
-def write_json(document: Any, path: Path) -> None:
-    """Write JSON atomically: a temporary file beside ``path`` renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def output_image_path(name: Path, out_dir: Path) -> Path:

@@ -22,14 +22,13 @@ types and tensors go in, so that ``torch.load(..., weights_only=True)`` reads ev
 
 from __future__ import annotations
 
-import os
 import platform
-import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtcnn.atomic import atomic_path
 from mtcnn.errors import WeightsError
 from mtcnn.nets import STAGES
 
@@ -45,25 +44,11 @@ def software_versions() -> dict[str, str]:
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
-
-    A kill mid-write leaves the previous file (or none), never a truncated one. The file gets the
-    permissions of any new file (``0o666`` less the umask), not ``mkstemp``'s owner-only ``0o600``,
-    so that weights exported for others can be read by them.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`mtcnn.atomic.atomic_path`: a kill mid-write leaves the
+    previous file (or none), never a truncated one, and the file is readable by whoever may read
+    a new file (``0o666`` less the umask), so weights exported for others can be loaded by them."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def make_checkpoint(stage: str, model: torch.nn.Module, config: dict[str, Any], **extra: Any) -> dict[str, Any]:

@@ -99,7 +99,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mtcnn.batch_detect import detect_files, output_image_path, results_to_json, write_json
+    from mtcnn.atomic import write_json_atomic
+    from mtcnn.batch_detect import detect_files, output_image_path, results_to_json
     from mtcnn.draw import draw_faces, write_image
     from mtcnn.images import expand_image_arguments
 
@@ -122,7 +123,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     progress.close()
     document = results_to_json(results)
     if args.output is not None:
-        write_json(document, args.output)
+        write_json_atomic(args.output, document)
         faces = sum(len(image["faces"]) for image in document["images"])
         log.info("%d faces in %d images written to %s", faces, len(document["images"]), args.output)
     else:
@@ -221,11 +222,11 @@ def _detector_settings(args: argparse.Namespace) -> dict:
 
 
 def _print_and_write(document: dict, text: str, out: Path | None) -> None:
-    from mtcnn.wider_eval import write_report
+    from mtcnn.atomic import write_json_atomic
 
     print(text)
     if out is not None:
-        write_report(document, out)
+        write_json_atomic(out, document)
         log.info("report written to %s", out)
 
 

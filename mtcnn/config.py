@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from mtcnn.atomic import write_text_atomic
 from mtcnn.errors import ConfigError
 
 T = TypeVar("T")
@@ -253,11 +254,7 @@ def to_dict(config: Any) -> Any:
 
 def write_config(config: Any, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 # ------------------------------------------------------------------------------ the stage config

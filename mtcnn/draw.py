@@ -7,6 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from mtcnn.atomic import atomic_path
+
 #: RGB colours of the five landmark points: left eye, right eye, nose, left and right mouth corner.
 POINT_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 220, 0), (255, 64, 255), (0, 230, 230))
 BOX_COLOUR = (0, 255, 0)
@@ -58,9 +60,6 @@ def tile_images(tiles: list[np.ndarray], columns: int, gap: int = 2) -> np.ndarr
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Write an RGB ``uint8`` image with OpenCV (format from the extension), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: could not write image")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: could not write image")

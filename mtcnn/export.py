@@ -19,9 +19,7 @@ candidates reached R-Net) runs through every exported net.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtcnn.atomic import atomic_path, write_json_atomic
 from mtcnn.errors import MtcnnError
 from mtcnn.nets import INPUT_SIZES, STAGES
 from mtcnn.weights import load_net, resolve_weight_files
@@ -50,10 +49,6 @@ def example_input(stage: str, batch: int = 2) -> torch.Tensor:
     return torch.rand((batch, 3, height, width), generator=generator) * 255.0
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def export_onnx(net: nn.Module, path: str | Path) -> Path:
     """Write ``net`` as a self-contained ONNX file (weights inside), atomically.
 
@@ -73,7 +68,6 @@ def export_onnx(net: nn.Module, path: str | Path) -> Path:
     if stage == "pnet":
         # P-Net is fully convolutional: any size that holds one 12 px window.
         shape.update({2: Dim("height", min=INPUT_SIZES["pnet"]), 3: Dim("width", min=INPUT_SIZES["pnet"])})
-    tmp = _temporary(path)
     net = net.eval()
     # The exporter's own passes log every rewrite at INFO; they say nothing a user can act on.
     quiet = [logging.getLogger(name) for name in ("onnxscript", "onnx_ir", "torch.onnx")]
@@ -81,14 +75,12 @@ def export_onnx(net: nn.Module, path: str | Path) -> Path:
     try:
         for logger in quiet:
             logger.setLevel(logging.WARNING)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), atomic_path(path) as tmp:
             warnings.simplefilter("ignore")  # exporter notices about opsets and deprecations
             torch.onnx.export(net, (example_input(stage),), str(tmp), input_names=[INPUT_NAME],
                               output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: shape},
                               external_data=False, verbose=False, dynamo=True)
-        tmp.replace(path)
     finally:
-        tmp.unlink(missing_ok=True)
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
     return path
@@ -101,15 +93,10 @@ def export_torchscript(net: nn.Module, path: str | Path) -> Path:
     favour of ``torch.export``; it is still what many C++ and mobile runtimes load.
     """
     path = Path(path)
-    tmp = _temporary(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice of torch.jit
-            scripted = torch.jit.script(net.eval())
-            torch.jit.save(scripted, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with warnings.catch_warnings(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore", FutureWarning)  # the deprecation notice of torch.jit
+        scripted = torch.jit.script(net.eval())
+        torch.jit.save(scripted, str(tmp))
     return path
 
 
@@ -154,7 +141,5 @@ def export_modules(
             entry["original_window_mapping"] = bool(getattr(net, "original_window_mapping", False))
         manifest["nets"][stage] = entry
     manifest_path = out_dir / "export.json"
-    tmp = _temporary(manifest_path)
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)
+    write_json_atomic(manifest_path, manifest)
     return written

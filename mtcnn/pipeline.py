@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtcnn.atomic import write_json_atomic
 from mtcnn.checkpoint import atomic_save, load_checkpoint
 from mtcnn.config import build_config, load_config, read_yaml, setting, to_dict
 from mtcnn.errors import ConfigError, MtcnnError
@@ -158,9 +159,9 @@ class Pipeline:
             start = time.perf_counter()
             step.run()
             timings[step.name] = round(time.perf_counter() - start + earlier, 1)
-            self._write_json(self.root / "timings.json", timings)
+            write_json_atomic(self.root / "timings.json", timings)
         summary = self.summary(timings)
-        self._write_json(self.root / "summary.json", summary)
+        write_json_atomic(self.root / "summary.json", summary)
         return summary
 
     def _stage_config(self, stage: str, extra: Sequence[str] = ()):
@@ -220,7 +221,7 @@ class Pipeline:
                                       nms_thresholds=(*mining.nms_thresholds, 0.7))
             results = evaluate_stages(detector, images, last_stage=stages[-1], min_size=evaluation.recall_min_size)
             log.info("%s", format_stage_table(results))
-            self._write_json(self.report(f"recall-{stages[-1]}"),
+            write_json_atomic(self.report(f"recall-{stages[-1]}"),
                              {stage: result.to_dict() for stage, result in results.items()})
         return run
 
@@ -242,7 +243,7 @@ class Pipeline:
                            title=f"WIDER FACE val ({eval_setting.name})")
             log.info("WIDER AP (%s): %s", eval_setting.name,
                      "  ".join(f"{name} {ap:.4f}" for name, ap in result.ap.items()))
-            self._write_json(self.report(f"wider-{eval_setting.name}"), {"detector": record, **result.to_dict()})
+            write_json_atomic(self.report(f"wider-{eval_setting.name}"), {"detector": record, **result.to_dict()})
         return run
 
     def _predictions_dir(self, eval_setting: EvalSetting) -> Path:
@@ -256,7 +257,7 @@ class Pipeline:
         detector = self._detector(STAGES)
         result = evaluate_landmarks(faces, detector)
         log.info("%s", result.format())
-        self._write_json(self.report("landmarks"), {"list": str(self.config.evaluate.landmark_list),
+        write_json_atomic(self.report("landmarks"), {"list": str(self.config.evaluate.landmark_list),
                                                      "mirror_onet": detector.mirror_onet, **result.to_dict()})
 
     # ---------------------------------------------------------------------------- summary
@@ -274,13 +275,6 @@ class Pipeline:
     def _read_timings(self) -> dict[str, float]:
         path = self.root / "timings.json"
         return json.loads(path.read_text()) if path.is_file() else {}
-
-    @staticmethod
-    def _write_json(path: Path, document: Any) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(path)
 
 
 def export_weights(checkpoint: str | Path, out: str | Path) -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mtcnn.atomic import write_json_atomic
 from mtcnn.errors import DataError
 from mtcnn.nets import INPUT_SIZES, STAGES
 
@@ -67,17 +68,6 @@ def label_counts(labels: np.ndarray) -> dict[str, int]:
 
 def shard_name(index: int) -> str:
     return f"{index:05d}"
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """JSON to a temporary file beside ``path``, flushed, then renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -146,7 +136,7 @@ def write_shard(store_dir: str | Path, index: int, size: int, images: np.ndarray
             os.fsync(handle.fileno())
     shard_meta = {"index": index, "count": count, "counts": label_counts(labels), "extras": sorted(extras),
                   **dict(meta or {})}
-    _write_json(tmp / SHARD_META_NAME, shard_meta)
+    write_json_atomic(tmp / SHARD_META_NAME, shard_meta)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -222,7 +212,7 @@ def finish_store(store_dir: str | Path, stage: str, shard_indices: Sequence[int]
         "shards": shards,
         "extras": read_shard_meta(store_dir, shard_indices[0]).get("extras", []) if shard_indices else [],
     })
-    _write_json(store_dir / MANIFEST_NAME, manifest)
+    write_json_atomic(store_dir / MANIFEST_NAME, manifest)
     return manifest
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from mtcnn.atomic import atomic_path, write_json_atomic, write_text_atomic
 from mtcnn.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -225,13 +225,6 @@ def parse_predictions(text: str, source: str = "predictions") -> np.ndarray:
     return values[np.argsort(-values[:, 4], kind="stable")]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_predictions(pred_dir: str | Path, event: str, name: str, boxes_xyxy: np.ndarray,
                       scores: np.ndarray) -> np.ndarray:
     """Write one image's predictions atomically in the official format; returns the rows as they
@@ -239,7 +232,7 @@ def write_predictions(pred_dir: str | Path, event: str, name: str, boxes_xyxy: n
     the files."""
     text = format_predictions(name, boxes_xyxy, scores)
     path = prediction_path(pred_dir, event, name)
-    _atomic_write_text(path, text)
+    write_text_atomic(path, text)
     return parse_predictions(text, str(path))
 
 
@@ -356,7 +349,7 @@ def _check_detector_record(save_dir: Path, settings: Mapping[str, Any]) -> None:
         if save_dir.is_dir() and any(save_dir.iterdir()):
             raise DataError(f"{save_dir}: not empty and without {DETECTOR_RECORD}, so its files may come from "
                             "another detector; use an empty or new folder")
-        _atomic_write_text(record, json.dumps(wanted, indent=1) + "\n")
+        write_json_atomic(record, wanted)
 
 
 # ------------------------------------------------------------------------------ the protocol
@@ -557,10 +550,8 @@ def plot_pr_curves(result: WiderResult, path: str | Path, title: str = "WIDER FA
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    figure.savefig(tmp, format="png")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
     return path
 
 
@@ -582,8 +573,3 @@ def log_pr_curves(writer: Any, result: WiderResult, step: int = 0, prefix: str =
         if not math.isnan(curve.ap):
             writer.add_scalar(f"{prefix}/{setting}_ap", curve.ap, step)
     writer.flush()
-
-
-def write_report(document: Mapping[str, Any], path: str | Path) -> None:
-    """Write a JSON report atomically."""
-    _atomic_write_text(Path(path), json.dumps(document, indent=1) + "\n")

@@ -22,7 +22,6 @@ actually scores, where an O-Net's AP is won or lost.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Mapping, Sequence
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 
 from mtcnn.boxes import apply_box_offsets, box_offsets, crop_and_resize, integral_image, iou_matrix, square_boxes
+from mtcnn.atomic import write_json_atomic
 from mtcnn.cli import add_detector_options, detector_from_args
 from mtcnn.datasets import WiderImage, read_wider
 from mtcnn.errors import MtcnnError
@@ -185,7 +185,7 @@ def main() -> int:
     log.info("%s", format_table(table))
     if args.out is not None:
         report = {band: {name: asdict(stats) for name, stats in per_net.items()} for band, per_net in table.items()}
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        write_json_atomic(args.out, report)
     return 0
 
 

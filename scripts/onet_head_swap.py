@@ -12,13 +12,13 @@ what its face scores cost and what its box regression costs.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 import torch
 
+from mtcnn.atomic import write_json_atomic
 from mtcnn.cli import add_detector_options, detector_from_args
 from mtcnn.errors import MtcnnError
 from mtcnn.nets import NetOutput
@@ -69,7 +69,7 @@ def main() -> int:
     report = {"weights": str(args.weights), "boxes_from": str(args.boxes_from), "ap": result.ap}
     log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
     if args.out is not None:
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        write_json_atomic(args.out, report)
     return 0
 
 

@@ -18,6 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
+from mtcnn.atomic import atomic_path  # noqa: E402
+
 NETS = {"pnet": "P-Net", "rnet": "R-Net", "onet": "O-Net"}
 
 
@@ -65,8 +67,8 @@ def main() -> None:
         bottom.grid(alpha=0.3)
         bottom.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=110)
+    with atomic_path(args.out) as tmp:
+        figure.savefig(tmp, dpi=110)
     print(f"{args.out}: curves of {', '.join(NETS[net] for net in nets)}")
 
 

@@ -228,7 +228,7 @@ def test_ground_truth_and_prediction_files_round_trip(tmp_path):
         if table is not None:
             xyxy = np.concatenate([table[:, :2], table[:, :2] + table[:, 2:4]], axis=1)
             write_predictions(pred_dir, image.event, image.name, xyxy, table[:, 4])
-    assert not list(pred_dir.rglob("*.tmp"))
+    assert not list(pred_dir.rglob(".*"))  # no temporary left beside the files
     read = read_prediction_dir(pred_dir, loaded)
     assert read.missing == ["1--Event/image_5"]
     for key, table in predictions.items():
