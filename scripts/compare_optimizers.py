@@ -19,7 +19,6 @@ time and against samples seen) into ``--out``. Prepare the stores first:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import sys
@@ -33,6 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mtcnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
 from mtcnn.batches import SampleTensors  # noqa: E402
 from mtcnn.bench import machine_description  # noqa: E402
 from mtcnn.config import StageConfig, build_config, read_yaml  # noqa: E402
@@ -48,6 +48,8 @@ LEARNING_RATES = {"sgd": 0.05, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.
 STOCHASTIC_RATES = {"sgd": 0.005, "adam": 0.0002}
 #: Optimizers also run as stochastic and full-batch gradient descent.
 MODE_OPTIMIZERS = ("sgd", "adam")
+#: Training samples whose loss is the curve (a fixed subset, no augmentation); smaller stores whole.
+PROBE_SAMPLES = 8192
 
 
 @dataclass
@@ -122,7 +124,8 @@ def plan_runs(batch_size: int) -> list[Run]:
     return runs
 
 
-def format_table(runs: list[Run], budget: float, machine: str, train_count: int, val_count: int) -> str:
+def format_table(runs: list[Run], budget: float, machine: str, train_count: int, val_count: int,
+                 probe_count: int) -> str:
     lines = ["| optimizer (batch mode) | lr | steps | samples seen | train loss | val loss | "
              "val accuracy | val recall | val precision | train time s |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -134,11 +137,11 @@ def format_table(runs: list[Run], budget: float, machine: str, train_count: int,
     lines += ["", f"P-Net, {budget:g} s of training per run from the same initial weights, constant rate, "
               f"hard example mining (0.7), flip and colour jitter; {train_count:,} training and {val_count:,} "
               "validation samples. Losses are the weighted three-part total without mining; train loss on a "
-              f"fixed 8,192-sample subset of the training store. Machine: {machine}."]
+              f"fixed {probe_count:,}-sample subset of the training store. Machine: {machine}."]
     return "\n".join(lines)
 
 
-def plot(runs: list[Run], path: Path) -> None:
+def plot(runs: list[Run], path: Path, probe_count: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,16 +160,14 @@ def plot(runs: list[Run], path: Path) -> None:
         axes.set_xscale("log")
         axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axes.set_xlabel(label)
-        axes.set_ylabel("loss on 8,192 training samples")
+        axes.set_ylabel(f"loss on {probe_count:,} training samples")
         axes.grid(alpha=0.3)
     by_time.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     by_samples.legend(fontsize=8)
     figure.suptitle("P-Net: the gradient-descent family on the same time budget")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=110)
 
 
 def main() -> int:
@@ -191,7 +192,9 @@ def main() -> int:
         print(f"error: {exc} (prepare it with `python3 -m mtcnn prep pnet`, see --help)", file=sys.stderr)
         return 2
     train_data, val_data = SampleTensors.from_store(train_store), SampleTensors.from_store(val_store)
-    probe_indices = torch.from_numpy(np.random.default_rng(0).choice(len(train_data), 8192, replace=False))
+    # a small store (a quick trial) is probed whole
+    probe_count = min(PROBE_SAMPLES, len(train_data))
+    probe_indices = torch.from_numpy(np.random.default_rng(0).choice(len(train_data), probe_count, replace=False))
     probe = SampleTensors(*(tensor[probe_indices] for tensor in (train_data.images, train_data.labels,
                                                                   train_data.boxes, train_data.landmarks)))
     runs = [run for run in plan_runs(args.batch_size)
@@ -213,13 +216,12 @@ def main() -> int:
               f"val loss {run.metrics['val_loss']:.4f}  accuracy {run.metrics['val_accuracy']:.4f}  "
               f"recall {run.metrics['val_recall']:.4f}", flush=True)
     machine = machine_description("cpu")
-    table = format_table(runs, args.seconds, machine, len(train_data), len(val_data))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.md").write_text(table + "\n", encoding="utf-8")
-    (args.out / "results.json").write_text(json.dumps(
-        {"seconds_per_run": args.seconds, "machine": machine,
-         "runs": [{key: value for key, value in vars(run).items()} for run in runs]}, indent=1), encoding="utf-8")
-    plot(runs, args.out / "loss_curves.png")
+    table = format_table(runs, args.seconds, machine, len(train_data), len(val_data), probe_count)
+    write_text_atomic(args.out / "results.md", table + "\n")
+    write_json_atomic(args.out / "results.json",
+                      {"seconds_per_run": args.seconds, "machine": machine,
+                       "runs": [{key: value for key, value in vars(run).items()} for run in runs]})
+    plot(runs, args.out / "loss_curves.png", probe_count)
     print()
     print(table)
     print(f"\nwritten: {args.out / 'results.md'}, {args.out / 'loss_curves.png'}")
