@@ -411,6 +411,8 @@ class TrainConfig:
     amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
     store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")
     best_metric: str = setting("val_loss", choices=TRAIN_METRICS, doc="metric choosing the best checkpoint")
+    best_from_epoch: int = setting(1, low=1, doc="first epoch that may become best.pt (a noisy metric at a "
+                                                 "high rate can pick an undertrained net); the last always may")
     early_stop_patience: int | None = setting(None, low=1,
                                               doc="stop after this many epochs without a better best_metric")
     seed: int = setting(0, low=0, doc="seeds the initial weights, batch order and augmentation")

@@ -508,10 +508,13 @@ class Trainer:
             self._check_weights_finite(epoch)
             value = metrics[config.best_metric]
             self.schedule.report(value)
-            improved = _is_better(value, self.best_value, mode)
+            # epochs before best_from_epoch neither become best nor count towards early stopping; the
+            # last epoch always may, so a run shortened with --set epochs=N still writes best.pt
+            eligible = epoch + 1 >= min(config.best_from_epoch, config.epochs)
+            improved = eligible and _is_better(value, self.best_value, mode)
             if improved:
                 self.best_value, self.best_epoch, self.epochs_without_improvement = value, epoch + 1, 0
-            else:
+            elif eligible:
                 self.epochs_without_improvement += 1
             self.history.append(metrics)
             self.epoch = epoch + 1

@@ -152,6 +152,22 @@ def test_early_stop_when_the_metric_stalls(kit_store, tmp_path):
     assert result.stopped_early and result.epochs_done == 3 and result.best_epoch == 1
 
 
+
+def test_no_epoch_before_best_from_epoch_becomes_best(kit_store, tmp_path):
+    # a near-zero rate keeps val_accuracy flat: without the setting epoch 1 stays best and patience
+    # 2 would stop the run after epoch 3 (the test above); here epochs 1-2 are not eligible, so epoch
+    # 3 is best and the patience runs out after epoch 5
+    config = _config(kit_store, tmp_path, "epochs=6", "optim.lr=1e-12", "best_metric=val_accuracy",
+                     "best_from_epoch=3", "early_stop_patience=2", "val_image_count=0")
+    result = run_training(config, "cpu", show_progress=False)
+    assert result.best_epoch == 3 and result.stopped_early and result.epochs_done == 5
+    assert load_checkpoint(tmp_path / "best.pt")["training"]["epoch"] == 3
+    # a run shorter than best_from_epoch still gets a best.pt: its last epoch
+    short = _config(kit_store, tmp_path / "short", "epochs=2", "optim.lr=1e-12", "best_metric=val_accuracy",
+                    "best_from_epoch=19", "val_image_count=0")
+    assert run_training(short, "cpu", show_progress=False).best_epoch == 2
+    assert load_checkpoint(tmp_path / "short" / "best.pt")["training"]["epoch"] == 2
+
 def test_tensorboard_gets_every_part_metric_image_and_hparams(kit_store, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
