@@ -222,7 +222,7 @@ class Pipeline:
             results = evaluate_stages(detector, images, last_stage=stages[-1], min_size=evaluation.recall_min_size)
             log.info("%s", format_stage_table(results))
             write_json_atomic(self.report(f"recall-{stages[-1]}"),
-                             {stage: result.to_dict() for stage, result in results.items()})
+                              {stage: result.to_dict() for stage, result in results.items()})
         return run
 
     def _wider_step(self, eval_setting: EvalSetting) -> Callable[[], None]:
@@ -258,7 +258,7 @@ class Pipeline:
         result = evaluate_landmarks(faces, detector)
         log.info("%s", result.format())
         write_json_atomic(self.report("landmarks"), {"list": str(self.config.evaluate.landmark_list),
-                                                     "mirror_onet": detector.mirror_onet, **result.to_dict()})
+                                                      "mirror_onet": detector.mirror_onet, **result.to_dict()})
 
     # ---------------------------------------------------------------------------- summary
 

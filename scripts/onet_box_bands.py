@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcnn.boxes import apply_box_offsets, box_offsets, crop_and_resize, integral_image, iou_matrix, square_boxes
 from mtcnn.atomic import write_json_atomic
+from mtcnn.boxes import apply_box_offsets, box_offsets, crop_and_resize, integral_image, iou_matrix, square_boxes
 from mtcnn.cli import add_detector_options, detector_from_args
 from mtcnn.datasets import WiderImage, read_wider
 from mtcnn.errors import MtcnnError
