@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtcnn.detector import LANDMARK_SCALES
 from mtcnn.images import IMAGE_EXTENSIONS, read_image
 
 log = logging.getLogger(__name__)
@@ -84,9 +85,10 @@ def bench_detect(
     device: str = "auto",
     compare_facenet: bool = True,
     mirror_onet: bool = True,
+    landmark_scales: Sequence[float] = LANDMARK_SCALES,
 ) -> list[DetectRow]:
     """Time the cascade over decoded ``images`` for each min face size and batch size
-    (``mirror_onet`` as in :class:`~mtcnn.detector.MTCNN`).
+    (``mirror_onet`` and ``landmark_scales`` as in :class:`~mtcnn.detector.MTCNN`).
 
     When facenet-pytorch is importable (and ``compare_facenet``), its MTCNN is timed on the same
     images with the same settings, one image at a time as it requires for images of different sizes.
@@ -99,7 +101,7 @@ def bench_detect(
     for min_face in min_face_sizes:
         for batch in batch_sizes:
             detector = MTCNN(weights, min_face_size=min_face, device=device, batch_size=batch,
-                             mirror_onet=mirror_onet)
+                             mirror_onet=mirror_onet, landmark_scales=landmark_scales)
             faces = sum(len(f) for f in detector.detect(decoded))
             seconds, _ = median_seconds(lambda: detector.detect(decoded), repeats)
             rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces))

@@ -36,16 +36,29 @@ def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | No
                        help="ratio between image pyramid levels (default 0.709)")
     group.add_argument("--thresholds", type=float, nargs=3, default=(0.6, 0.7, 0.7), metavar=("P", "R", "O"),
                        help="face probability thresholds of P-Net, R-Net, O-Net (default 0.6 0.7 0.7)")
-    add_mirror_option(group)
+    add_onet_options(group)
     group.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
     group.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
 
 
-def add_mirror_option(parser) -> None:
-    """``--mirror-onet`` / ``--no-mirror-onet``, the ``mirror_onet`` setting of :class:`~mtcnn.detector.MTCNN`."""
+def add_onet_options(parser) -> None:
+    """``--[no-]mirror-onet`` and ``--landmark-scales``: how :class:`~mtcnn.detector.MTCNN` runs O-Net."""
     parser.add_argument("--mirror-onet", action=argparse.BooleanOptionalAction, default=True,
                         help="average O-Net over each crop and its mirror image (default: on; --no-mirror-onet "
                         "runs it once per crop, as the original cascade does)")
+    parser.add_argument("--landmark-scales", type=float, nargs="*", default=None, metavar="S",
+                        help="average each face's landmarks over O-Net runs on its window scaled by these "
+                        "factors (default 0.8 0.9 1.1 1.2; the flag alone, with no factors: one run, as the "
+                        "original cascade)")
+
+
+def landmark_scales_from_args(args: argparse.Namespace) -> tuple[float, ...]:
+    """``--landmark-scales`` as given, or the detector's default when the flag is absent."""
+    if args.landmark_scales is None:
+        from mtcnn.detector import LANDMARK_SCALES  # imported here: torch is slow to import for --help
+
+        return LANDMARK_SCALES
+    return tuple(args.landmark_scales)
 
 
 def add_overrides_option(parser: argparse.ArgumentParser, example: str) -> None:
@@ -72,7 +85,8 @@ def detector_from_args(args: argparse.Namespace, weights: Mapping[str, Path] | N
     try:
         return MTCNN(weights=args.weights if weights is None else weights, min_face_size=args.min_face_size,
                      scale_factor=args.scale_factor, thresholds=tuple(args.thresholds),
-                     mirror_onet=args.mirror_onet, device=args.device, batch_size=args.batch_size)
+                     mirror_onet=args.mirror_onet, landmark_scales=landmark_scales_from_args(args),
+                     device=args.device, batch_size=args.batch_size)
     except ValueError as exc:  # bad option values: report them like any other user error
         raise MtcnnError(str(exc)) from None
 
@@ -218,7 +232,8 @@ def _detector_settings(args: argparse.Namespace) -> dict:
 
     return {"weights": {stage: str(path.resolve()) for stage, path in resolve_weight_files(args.weights).items()},
             "min_face_size": args.min_face_size, "scale_factor": args.scale_factor,
-            "thresholds": list(args.thresholds), "mirror_onet": args.mirror_onet}
+            "thresholds": list(args.thresholds), "mirror_onet": args.mirror_onet,
+            "landmark_scales": list(landmark_scales_from_args(args))}
 
 
 def _print_and_write(document: dict, text: str, out: Path | None) -> None:
@@ -536,7 +551,7 @@ def _add_bench_parser(subparsers) -> None:
     detect.add_argument("--repeats", type=int, default=3, help="timed runs per setting (default 3)")
     detect.add_argument("--device", default="auto")
     detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
-    add_mirror_option(detect)
+    add_onet_options(detect)
     detect.set_defaults(run=_run_bench_detect)
     _add_bench_prep_parser(benches)
     _add_bench_train_parser(benches)
@@ -550,7 +565,8 @@ def _run_bench_detect(args: argparse.Namespace) -> int:
         raise MtcnnError(f"{args.images}: no such folder (run scripts/link_kit.sh or pass --images)")
     images = benchmark_images(args.images, args.count)
     rows = bench_detect(args.weights, images, args.min_face_sizes, args.batch_sizes, args.repeats, args.device,
-                        compare_facenet=not args.no_compare, mirror_onet=args.mirror_onet)
+                        compare_facenet=not args.no_compare, mirror_onet=args.mirror_onet,
+                        landmark_scales=landmark_scales_from_args(args))
     print(format_detect_table(rows, machine_description(device), len(images), args.repeats))
     return 0
 

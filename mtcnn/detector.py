@@ -25,6 +25,11 @@ from mtcnn.images import ImageInput, to_pixel_tensor
 from mtcnn.nets import INPUT_SIZES, STAGES, MirrorAveraged
 from mtcnn.weights import STAGE_NAMES, load_net, resolve_weight_files
 
+# Scale factors of the extra O-Net windows whose landmarks are averaged with the cascade's own.
+# Picked on the landmark training list, not the test list: with the shipped weights four scales
+# cut its NME from 0.0664 to 0.0637, two (0.9, 1.1) to 0.0644, six shifted windows no further.
+LANDMARK_SCALES = (0.8, 0.9, 1.1, 1.2)
+
 log = logging.getLogger(__name__)
 
 #: P-Net's stride and window, in pixels of the scaled image.
@@ -117,6 +122,9 @@ class MTCNN:
         mirror_onet: run O-Net on each crop and on its mirror image and average the two face
             scores, boxes and landmarks (:class:`~mtcnn.nets.MirrorAveraged`); False runs O-Net
             once per crop, as the original MTCNN cascade does.
+        landmark_scales: run O-Net again on each detected face's window scaled by each of these
+            factors about its centre, and average the landmarks of all the runs (faces, boxes and
+            scores do not change); empty: landmarks from the one window, as the original cascade.
         nets: already built nets ``{stage: module}`` instead of ``weights`` (used by training and
             mining to run nets that are in memory).
     """
@@ -131,6 +139,7 @@ class MTCNN:
         device: str | torch.device = "auto",
         batch_size: int = 16,
         mirror_onet: bool = True,
+        landmark_scales: Sequence[float] = LANDMARK_SCALES,
         nets: Mapping[str, nn.Module] | None = None,
         pnet_pixel_budget: int = 8_000_000,
         crop_budget: int = 2048,
@@ -145,6 +154,8 @@ class MTCNN:
             raise ValueError(f"scale_factor must be in (0, 1), got {scale_factor}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if any(not scale > 0 for scale in landmark_scales):
+            raise ValueError(f"landmark_scales must be positive, got {list(landmark_scales)}")
         self.min_face_size = float(min_face_size)
         self.scale_factor = float(scale_factor)
         self.thresholds = tuple(_check_probability("threshold", t) for t in thresholds)
@@ -152,6 +163,7 @@ class MTCNN:
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         self.mirror_onet = bool(mirror_onet)
+        self.landmark_scales = tuple(float(scale) for scale in landmark_scales)
         self.pnet_pixel_budget = int(pnet_pixel_budget)
         self.crop_budget = int(crop_budget)
         if nets is None:
@@ -192,6 +204,23 @@ class MTCNN:
                 for i in range(len(chunk)):
                     results.append({stage: per_stage[stage][i] for stage in needed})
         return results
+
+    def landmarks_in_boxes(self, image: ImageInput, boxes: np.ndarray | torch.Tensor) -> np.ndarray:
+        """O-Net's five points ``[N, 5, 2]`` (pixels, x y) for given face ``boxes [N, 4]``
+        (x1 y1 x2 y2) in one image, placed as the cascade places them: each box squared and run
+        through O-Net as :meth:`stage_net` runs it, on the ``landmark_scales`` windows too, without
+        box regression."""
+        if "onet" not in self.nets:
+            raise ValueError("landmarks need weights for O-Net")
+        with torch.inference_mode():
+            pixels = to_pixel_tensor(image).to(self.device)
+            windows = square_boxes(torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4))
+            if windows.shape[0] == 0:
+                return np.zeros((0, 5, 2), np.float32)
+            image_index = torch.zeros(windows.shape[0], dtype=torch.long, device=self.device)
+            scales = (1.0, *self.landmark_scales)
+            summed = self._landmarks_at_scales([pixels], [integral_image(pixels)], windows, image_index, scales)
+            return (summed / len(scales)).float().cpu().numpy()
 
     def stage_net(self, stage: str) -> nn.Module:
         """The net the cascade runs for ``stage`` on ``[N, 3, S, S]`` crops (R-Net, O-Net) or
@@ -338,12 +367,32 @@ class MTCNN:
             candidates.boxes = apply_box_offsets(candidates.boxes, offsets_all)
             return candidates
         # O-Net: landmarks are relative to the square window it saw, then the box is regressed.
-        side = (candidates.boxes[:, 2:] - candidates.boxes[:, :2])[:, None, :]
-        candidates.landmarks = candidates.boxes[:, None, :2] + points_all.reshape(-1, 5, 2) * side
-        candidates.boxes = apply_box_offsets(candidates.boxes, offsets_all)
+        windows = candidates.boxes
+        candidates.landmarks = _points_in_windows(windows, points_all)
+        candidates.boxes = apply_box_offsets(windows, offsets_all)
         keep = nms(candidates.boxes, candidates.scores, self.nms_thresholds[3], mode="min",
                    groups=candidates.image_index)
-        return candidates.select(keep)
+        faces = candidates.select(keep)
+        if self.landmark_scales and faces.boxes.shape[0]:
+            # Only the faces kept are run again: a few per image against dozens of O-Net inputs.
+            more = self._landmarks_at_scales(pixels, integrals, windows[keep], faces.image_index,
+                                             self.landmark_scales)
+            faces.landmarks = (faces.landmarks + more) / (1 + len(self.landmark_scales))
+        return faces
+
+    def _landmarks_at_scales(self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], windows: torch.Tensor,
+                             image_index: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+        """The sum over ``scales`` of O-Net's points ``[N, 5, 2]`` (pixels) on the square
+        ``windows [N, 4]``, each scaled by the factor about its centre."""
+        centre = (windows[:, :2] + windows[:, 2:]) / 2
+        half = (windows[:, 2:] - windows[:, :2]) / 2
+        # All the scaled windows in one pass: bigger batches run faster than one pass per scale.
+        scaled = torch.cat([torch.cat([centre - half * scale, centre + half * scale], dim=1) for scale in scales])
+        net = self.stage_net("onet")
+        points = [net(crops).landmarks
+                  for crops in self._crop_chunks(pixels, integrals, scaled, image_index.repeat(len(scales)),
+                                                 INPUT_SIZES["onet"])]
+        return _points_in_windows(scaled, torch.cat(points)).reshape(len(scales), -1, 5, 2).sum(dim=0)
 
     def _crop_chunks(self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], windows: torch.Tensor,
                      image_index: torch.Tensor, size: int):
@@ -358,3 +407,10 @@ class MTCNN:
                 members = torch.nonzero(chunk_index == image).squeeze(1)
                 crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size, integrals[image])
             yield crops
+
+
+def _points_in_windows(windows: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """O-Net's points ``[N, 10]`` (x, y pairs as fractions of the window side) as pixels
+    ``[N, 5, 2]`` in the image of the square ``windows [N, 4]``."""
+    side = (windows[:, 2:] - windows[:, :2])[:, None, :]
+    return windows[:, None, :2] + points.reshape(-1, 5, 2).to(windows.dtype) * side

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from mtcnn.boxes import crop_and_resize, iou_matrix, square_boxes
-from mtcnn.nets import INPUT_SIZES, STAGES
+from mtcnn.boxes import iou_matrix
+from mtcnn.nets import STAGES
 from mtcnn.weights import STAGE_NAMES
 
 log = logging.getLogger(__name__)
@@ -212,17 +211,6 @@ class LandmarkResult:
         return "\n".join(lines)
 
 
-def onet_landmarks(onet: torch.nn.Module, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """O-Net's five points ``[N, 5, 2]`` (pixels) for ``boxes [N, 4]`` in ``image [3, H, W]``:
-    each box is squared and cut out as the cascade does for O-Net, without box regression."""
-    with torch.inference_mode():
-        windows = square_boxes(boxes)
-        crops = crop_and_resize(image, windows, INPUT_SIZES["onet"])
-        points = onet(crops.to(next(onet.parameters()).device)).landmarks.float().cpu().reshape(-1, 5, 2)
-        side = (windows[:, 2:] - windows[:, :2])[:, None, :]
-        return windows[:, None, :2] + points * side
-
-
 def evaluate_landmarks(
     faces: Sequence[Any],
     detector: Any,
@@ -237,13 +225,12 @@ def evaluate_landmarks(
     By default the full cascade runs on each image and the detection of highest IoU with the
     annotated box is scored; a face without a detection of IoU ``>= match_iou`` is missed (0.5, the
     usual detection criterion; the tight square boxes of CNN_FacePoint lists overlap a correct
-    MTCNN box by 0.4 to 0.8). With ``use_boxes``, O-Net alone runs on the annotated box (squared),
-    as the cascade runs it (averaged with the mirror image when ``detector.mirror_onet``), so
-    every face is scored.
+    MTCNN box by 0.4 to 0.8). With ``use_boxes``, O-Net alone runs on the annotated box, as the
+    cascade runs it (:meth:`mtcnn.detector.MTCNN.landmarks_in_boxes`), so every face is scored.
     """
     from tqdm import tqdm
 
-    from mtcnn.images import read_image, to_pixel_tensor
+    from mtcnn.images import read_image
 
     by_path: dict[str, list[int]] = {}
     for index, face in enumerate(faces):
@@ -258,9 +245,7 @@ def evaluate_landmarks(
         if use_boxes:
             for path, image in zip(chunk, images):
                 members = by_path[path]
-                boxes = torch.as_tensor(np.stack([faces[i].box for i in members]), dtype=torch.float32)
-                predicted[members] = onet_landmarks(detector.stage_net("onet"), to_pixel_tensor(image),
-                                                    boxes).numpy()
+                predicted[members] = detector.landmarks_in_boxes(image, np.stack([faces[i].box for i in members]))
         else:
             for path, found in zip(chunk, detector.detect(images)):
                 members = by_path[path]

@@ -258,7 +258,9 @@ class Pipeline:
         result = evaluate_landmarks(faces, detector)
         log.info("%s", result.format())
         write_json_atomic(self.report("landmarks"), {"list": str(self.config.evaluate.landmark_list),
-                                                      "mirror_onet": detector.mirror_onet, **result.to_dict()})
+                                                      "mirror_onet": detector.mirror_onet,
+                                                      "landmark_scales": list(detector.landmark_scales),
+                                                      **result.to_dict()})
 
     # ---------------------------------------------------------------------------- summary
 

@@ -20,8 +20,9 @@ SAMPLE = "samples/2007_007763.jpg"  # seven faces, 375 x 500
 
 @pytest.fixture(scope="module")
 def detector(reference_weights) -> MTCNN:
-    # O-Net once per crop, as the original cascade that made the reference detections runs it.
-    return MTCNN(reference_weights, device="cpu", mirror_onet=False)
+    # O-Net once per crop and landmarks from that one window, as the original cascade that made
+    # the reference detections runs it.
+    return MTCNN(reference_weights, device="cpu", mirror_onet=False, landmark_scales=())
 
 
 @pytest.fixture(scope="module")
@@ -192,11 +193,34 @@ def test_mirrored_onet_changes_the_onet_stage_only(detector, kit):
     assert not np.allclose(mirrored["onet"].landmarks, plain["onet"].landmarks, atol=0.1)
 
 
+def test_landmark_scales_average_the_points_of_the_scaled_onet_windows(kit):
+    # Slow reference: O-Net's points on each window it saw (the R-Net boxes, squared) and on that
+    # window scaled, averaged by hand, against the cascade's points for the face from that window.
+    single = MTCNN(device="cpu", landmark_scales=())
+    averaged = MTCNN(nets=single.nets, device="cpu", landmark_scales=(0.8, 1.25))
+    stages = single.detect_stages([kit / SAMPLE])[0]
+    faces = averaged.detect(kit / SAMPLE)
+    np.testing.assert_array_equal(faces.boxes, stages["onet"].boxes)
+    np.testing.assert_array_equal(faces.scores, stages["onet"].scores)
+    windows = stages["rnet"].boxes
+    points_per_window = single.landmarks_in_boxes(kit / SAMPLE, windows)
+    by_hand = averaged.landmarks_in_boxes(kit / SAMPLE, windows)
+    assert len(faces) == 7
+    for face, points in enumerate(stages["onet"].landmarks):
+        # the window a face came from is the one whose single-window points are the face's
+        distance = np.abs(points_per_window - points).max(axis=(1, 2))
+        window = int(distance.argmin())
+        assert distance[window] < 1e-3 and np.sort(distance)[1] > 0.1  # one window only
+        np.testing.assert_allclose(faces.landmarks[face], by_hand[window], atol=1e-3)
+    assert np.abs(faces.landmarks - stages["onet"].landmarks).max() > 0.5
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("thresholds", (0.6, 0.7), "thresholds needs 3 values"),
     ("thresholds", (0.6, 0.7, 1.5), "threshold must be in"),
     ("scale_factor", 1.2, "scale_factor must be in"),
     ("min_face_size", 0, "min_face_size must be positive"),
+    ("landmark_scales", (1.1, 0.0), "landmark_scales must be positive"),
 ])
 def test_bad_settings_are_rejected(detector, option, value, message):
     with pytest.raises(ValueError, match=message):

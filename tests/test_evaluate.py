@@ -15,7 +15,6 @@ from mtcnn.evaluate import (
     evaluate_landmarks,
     evaluate_stages,
     landmark_errors,
-    onet_landmarks,
     stage_recall,
 )
 
@@ -125,24 +124,27 @@ def test_landmark_errors_are_normalised_by_the_eye_distance():
 
 
 class FixedDetector:
-    """Stands in for MTCNN: returns the given faces for every image, and an O-Net that puts the
-    five points at fixed places of its window."""
+    """Stands in for MTCNN: returns the given faces for every image."""
 
     batch_size = 4
 
     def __init__(self, found):
-        from mtcnn.nets import ONet
-
         self.found = found
-        onet = ONet()
-        with torch.no_grad():
-            for parameter in onet.parameters():
-                parameter.zero_()
-            onet.dense6_3.bias.copy_(torch.tensor([0.3, 0.3, 0.7, 0.3, 0.5, 0.5, 0.35, 0.75, 0.65, 0.75]))
-        self.nets = {"onet": onet}
 
     def detect(self, images):
         return [self.found for _ in images]
+
+
+def fixed_onet():
+    """An O-Net that puts the five points at fixed places of its window, whatever it sees."""
+    from mtcnn.nets import ONet
+
+    onet = ONet()
+    with torch.no_grad():
+        for parameter in onet.parameters():
+            parameter.zero_()
+        onet.dense6_3.bias.copy_(torch.tensor([0.3, 0.3, 0.7, 0.3, 0.5, 0.5, 0.35, 0.75, 0.65, 0.75]))
+    return onet
 
 
 def test_evaluate_landmarks_matches_detections_and_counts_misses(kit):
@@ -163,12 +165,20 @@ def test_evaluate_landmarks_matches_detections_and_counts_misses(kit):
 
 
 def test_onet_on_given_boxes_places_points_in_the_squared_window():
-    detector = FixedDetector(None)
-    image = torch.zeros(3, 100, 100)
-    points = onet_landmarks(detector.nets["onet"], image, torch.tensor([[20.0, 10.0, 60.0, 90.0]]))
+    from mtcnn.detector import MTCNN
+
+    image = np.zeros((100, 100, 3), np.uint8)
+    box = np.array([[20.0, 10.0, 60.0, 90.0]])
+    points = MTCNN(nets={"onet": fixed_onet()}, device="cpu", landmark_scales=()).landmarks_in_boxes(image, box)
     # the 40 x 80 box is squared to 80 x 80 around its centre: x from 0 to 80, y from 10 to 90
-    np.testing.assert_allclose(points[0, 0].numpy(), [0 + 0.3 * 80, 10 + 0.3 * 80], atol=1e-4)
-    np.testing.assert_allclose(points[0, 4].numpy(), [0 + 0.65 * 80, 10 + 0.75 * 80], atol=1e-4)
+    np.testing.assert_allclose(points[0, 0], [0 + 0.3 * 80, 10 + 0.3 * 80], atol=1e-4)
+    np.testing.assert_allclose(points[0, 4], [0 + 0.65 * 80, 10 + 0.75 * 80], atol=1e-4)
+    # With the window also scaled by 1.5 about its centre (40, 50), each point averages its place
+    # in the two windows: 1.25 times as far from the centre.
+    averaged = MTCNN(nets={"onet": fixed_onet()}, device="cpu", landmark_scales=(1.5,)).landmarks_in_boxes(image, box)
+    np.testing.assert_allclose(averaged[0, 0], [40 + 1.25 * (0.3 - 0.5) * 80, 50 + 1.25 * (0.3 - 0.5) * 80], atol=1e-4)
+    np.testing.assert_allclose(averaged[0, 4], [40 + 1.25 * 0.15 * 80, 50 + 1.25 * 0.25 * 80], atol=1e-4)
+    assert MTCNN(nets={"onet": fixed_onet()}, device="cpu").landmarks_in_boxes(image, np.zeros((0, 4))).shape == (0, 5, 2)
 
 
 @pytest.mark.slow
@@ -192,12 +202,13 @@ def test_landmark_error_of_the_reference_weights(kit, reference_weights, tmp_pat
     report = json.loads((tmp_path / "lm.json").read_text())
     assert report["nme"] == pytest.approx(detected.nme, abs=1e-6) and report["missed"] == detected.missed
     assert "NME (inter-ocular)" in capsys.readouterr().out
-    # --no-mirror-onet runs O-Net once per crop, as MTCNN(mirror_onet=False) does.
+    assert report["detector"]["landmark_scales"] == list(detector.landmark_scales)
+    # --no-mirror-onet --landmark-scales runs O-Net once per face, as the original cascade does.
     status = main(["eval", "landmarks", "--list", str(list_file), "--images-root", str(kit / "landmarks"),
-                   "--weights", str(reference_weights), "--device", "cpu", "--no-mirror-onet", "--use-boxes",
-                   "--out", str(tmp_path / "lm_once.json")])
-    once = evaluate_landmarks(faces, MTCNN(reference_weights, device="cpu", mirror_onet=False), use_boxes=True,
-                              progress=False)
+                   "--weights", str(reference_weights), "--device", "cpu", "--no-mirror-onet", "--landmark-scales",
+                   "--use-boxes", "--out", str(tmp_path / "lm_once.json")])
+    once = evaluate_landmarks(faces, MTCNN(reference_weights, device="cpu", mirror_onet=False, landmark_scales=()),
+                              use_boxes=True, progress=False)
     report = json.loads((tmp_path / "lm_once.json").read_text())
-    assert status == 0 and report["detector"]["mirror_onet"] is False
+    assert status == 0 and report["detector"]["mirror_onet"] is False and report["detector"]["landmark_scales"] == []
     assert report["nme"] == pytest.approx(once.nme, abs=1e-6) and once.nme != pytest.approx(given.nme, abs=1e-6)
