@@ -46,19 +46,30 @@ def add_onet_options(parser) -> None:
     parser.add_argument("--mirror-onet", action=argparse.BooleanOptionalAction, default=True,
                         help="average O-Net over each crop and its mirror image (default: on; --no-mirror-onet "
                         "runs it once per crop, as the original cascade does)")
-    parser.add_argument("--landmark-scales", type=float, nargs="*", default=None, metavar="S",
+    parser.add_argument("--landmark-scales", type=scale_list, default=None, metavar="S,S,...|none",
                         help="average each face's landmarks over O-Net runs on its window scaled by these "
-                        "factors (default 0.8 0.9 1.1 1.2; the flag alone, with no factors: one run, as the "
-                        "original cascade)")
+                        "comma-separated factors (default 0.8,0.9,1.1,1.2; none: one run, as the original "
+                        "cascade)")
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """``--landmark-scales`` values: ``0.8,0.9`` -> ``(0.8, 0.9)``; ``none`` -> ``()``. One word, so
+    that the option cannot swallow the image paths after it."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or none, got {text!r}") from None
 
 
 def landmark_scales_from_args(args: argparse.Namespace) -> tuple[float, ...]:
-    """``--landmark-scales`` as given, or the detector's default when the flag is absent."""
+    """``--landmark-scales`` as given, or the detector's default when the option is absent."""
     if args.landmark_scales is None:
         from mtcnn.detector import LANDMARK_SCALES  # imported here: torch is slow to import for --help
 
         return LANDMARK_SCALES
-    return tuple(args.landmark_scales)
+    return args.landmark_scales
 
 
 def add_overrides_option(parser: argparse.ArgumentParser, example: str) -> None:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mtcnn import cli
@@ -75,6 +76,7 @@ def test_glob_patterns_expand(photos, reference_weights, capsys):
     (["--weights", "{tmp}/nowhere"], "nowhere: weights must be a folder holding pnet.pt, rnet.pt and onet.pt"),
     (["--weights", "{weights}", "--scale-factor", "1.5"], "scale_factor must be in (0, 1)"),
     (["--weights", "{weights}", "--device", "tpu"], "unknown device 'tpu'; expected auto, cpu, cuda"),
+    (["--weights", "{weights}", "--landmark-scales", "0.9,0"], "landmark_scales must be positive, got [0.9, 0.0]"),
 ])
 def test_bad_options_are_one_line_errors(photos, reference_weights, tmp_path, capsys, arguments, message):
     arguments = [a.format(tmp=tmp_path, weights=reference_weights) for a in arguments]
@@ -82,6 +84,23 @@ def test_bad_options_are_one_line_errors(photos, reference_weights, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_landmark_scales_option_is_one_word_before_or_after_the_paths(photos, reference_weights, capsys):
+    from mtcnn.detector import MTCNN
+
+    family = photos / "party" / "family.jpg"
+    options = ["--weights", str(reference_weights), "--device", "cpu"]
+    for arguments, expected in ((["--landmark-scales", "none", str(family), *options], ()),
+                                ([str(family), "--landmark-scales", "0.9,1.1", *options], (0.9, 1.1))):
+        assert cli.main(["detect", *arguments]) == 0
+        faces = json.loads(capsys.readouterr().out)["images"][0]["faces"]
+        library = MTCNN(reference_weights, device="cpu", landmark_scales=expected).detect(family)
+        assert len(faces) == len(library) == 7
+        np.testing.assert_allclose([face["landmarks"] for face in faces], library.landmarks, atol=0.01)
+    with pytest.raises(SystemExit):  # argparse's own usage error
+        cli.main(["detect", "--landmark-scales", "0.9,x", str(family)])
+    assert "expected comma-separated numbers or none, got '0.9,x'" in capsys.readouterr().err
 
 
 def test_no_images_found_is_an_error(tmp_path, reference_weights, capsys):

@@ -203,10 +203,10 @@ def test_landmark_error_of_the_reference_weights(kit, reference_weights, tmp_pat
     assert report["nme"] == pytest.approx(detected.nme, abs=1e-6) and report["missed"] == detected.missed
     assert "NME (inter-ocular)" in capsys.readouterr().out
     assert report["detector"]["landmark_scales"] == list(detector.landmark_scales)
-    # --no-mirror-onet --landmark-scales runs O-Net once per face, as the original cascade does.
+    # --no-mirror-onet --landmark-scales none runs O-Net once per face, as the original cascade does.
     status = main(["eval", "landmarks", "--list", str(list_file), "--images-root", str(kit / "landmarks"),
                    "--weights", str(reference_weights), "--device", "cpu", "--no-mirror-onet", "--landmark-scales",
-                   "--use-boxes", "--out", str(tmp_path / "lm_once.json")])
+                   "none", "--use-boxes", "--out", str(tmp_path / "lm_once.json")])
     once = evaluate_landmarks(faces, MTCNN(reference_weights, device="cpu", mirror_onet=False, landmark_scales=()),
                               use_boxes=True, progress=False)
     report = json.loads((tmp_path / "lm_once.json").read_text())
