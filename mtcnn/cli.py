@@ -41,6 +41,18 @@ def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | No
     group.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
 
 
+def add_wider_val_options(parser: argparse.ArgumentParser) -> None:
+    """``--gt-dir`` and ``--images``: the WIDER_val ground truth and images that AP is scored on."""
+    from mtcnn.config import DataConfig
+
+    images = DataConfig().wider_val_images
+    parser.add_argument("--gt-dir", type=Path, default=Path("data/widerface/eval_tools/ground_truth"), metavar="DIR",
+                        help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
+                        "(default data/widerface/eval_tools/ground_truth)")
+    parser.add_argument("--images", type=Path, default=images, metavar="DIR",
+                        help=f"WIDER_val images folder, <event>/<name>.jpg (default {images})")
+
+
 def add_onet_options(parser) -> None:
     """``--[no-]mirror-onet`` and ``--landmark-scales``: how :class:`~mtcnn.detector.MTCNN` runs O-Net."""
     parser.add_argument("--mirror-onet", action=argparse.BooleanOptionalAction, default=True,
@@ -269,11 +281,7 @@ def _add_eval_parser(subparsers) -> None:
         description="Run the detector over every image of the WIDER FACE evaluation ground truth (or read "
                     "existing predictions in the official format) and score easy, medium and hard AP by the "
                     "official protocol.")
-    wider.add_argument("--gt-dir", type=Path, default=Path("data/widerface/eval_tools/ground_truth"), metavar="DIR",
-                       help="folder with wider_face_val.mat and wider_{easy,medium,hard}_val.mat "
-                       "(default data/widerface/eval_tools/ground_truth)")
-    wider.add_argument("--images", type=Path, default=data.wider_val_images, metavar="DIR",
-                       help=f"WIDER_val images folder, <event>/<name>.jpg (default {data.wider_val_images})")
+    add_wider_val_options(wider)
     wider.add_argument("--predictions", type=Path, default=None, metavar="DIR",
                        help="score these official-format predictions (DIR/<event>/<name>.txt) instead of "
                        "running the detector")

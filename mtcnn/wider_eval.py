@@ -533,6 +533,17 @@ def evaluate_wider(
 # ------------------------------------------------------------------------------ curves out
 
 
+def report_wider_ap(detector: Any, ground_truth: WiderGroundTruth, images_dir: str | Path, out: Path | None,
+                    report: Mapping[str, Any]) -> WiderResult:
+    """Score ``detector`` on ``ground_truth``'s images under ``images_dir``, log the easy / medium /
+    hard AP and, when ``out`` is given, write ``report`` with the AP added (``"ap"``) there as JSON."""
+    result = evaluate_wider(ground_truth, detect_wider(detector, ground_truth, images_dir))
+    log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
+    if out is not None:
+        write_json_atomic(out, {**report, "ap": result.ap})
+    return result
+
+
 def plot_pr_curves(result: WiderResult, path: str | Path, title: str = "WIDER FACE") -> Path:
     """Draw the three precision-recall curves with their AP into a PNG, written atomically."""
     from matplotlib.figure import Figure

@@ -18,14 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mtcnn.atomic import write_json_atomic
-from mtcnn.cli import add_detector_options, detector_from_args
+from mtcnn.cli import add_detector_options, add_wider_val_options, detector_from_args
 from mtcnn.errors import MtcnnError
 from mtcnn.nets import NetOutput
 from mtcnn.weights import load_net
-from mtcnn.wider_eval import detect_wider, evaluate_wider, load_ground_truth
-
-log = logging.getLogger("averaged_nets")
+from mtcnn.wider_eval import load_ground_truth, report_wider_ap
 
 
 class AveragedNets(torch.nn.Module):
@@ -46,8 +43,7 @@ def main() -> int:
     parser.add_argument("--stage", choices=("rnet", "onet"), required=True, help="the stage whose nets are averaged")
     parser.add_argument("--nets", type=Path, nargs="+", required=True, metavar="FILE",
                         help="checkpoints of that stage (this project's or the original weights)")
-    parser.add_argument("--gt-dir", type=Path, default=Path("data/widerface/eval_tools/ground_truth"))
-    parser.add_argument("--images", type=Path, default=Path("data/widerface/WIDER_val/images"))
+    add_wider_val_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the AP as JSON here")
     add_detector_options(parser, weights_help="folder with the nets of the other stages (default: the shipped "
                          "weights)")
@@ -63,12 +59,8 @@ def main() -> int:
         return 2
     nets = [net.to(detector.device, memory_format=torch.channels_last).eval() for net in nets]
     detector.nets[args.stage] = AveragedNets(nets).eval()
-    result = evaluate_wider(ground_truth, detect_wider(detector, ground_truth, args.images))
-    report = {"weights": str(args.weights), "stage": args.stage, "nets": [str(path) for path in args.nets],
-              "ap": result.ap}
-    log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
-    if args.out is not None:
-        write_json_atomic(args.out, report)
+    report_wider_ap(detector, ground_truth, args.images, args.out,
+                    {"weights": str(args.weights), "stage": args.stage, "nets": [str(path) for path in args.nets]})
     return 0
 
 

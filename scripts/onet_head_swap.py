@@ -18,14 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mtcnn.atomic import write_json_atomic
-from mtcnn.cli import add_detector_options, detector_from_args
+from mtcnn.cli import add_detector_options, add_wider_val_options, detector_from_args
 from mtcnn.errors import MtcnnError
 from mtcnn.nets import NetOutput
 from mtcnn.weights import load_net
-from mtcnn.wider_eval import detect_wider, evaluate_wider, load_ground_truth
-
-log = logging.getLogger("onet_head_swap")
+from mtcnn.wider_eval import load_ground_truth, report_wider_ap
 
 
 class SwappedHeads(torch.nn.Module):
@@ -48,8 +45,7 @@ class SwappedHeads(torch.nn.Module):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boxes-from", type=Path, required=True, help="the O-Net giving boxes and landmarks")
-    parser.add_argument("--gt-dir", type=Path, default=Path("data/widerface/eval_tools/ground_truth"))
-    parser.add_argument("--images", type=Path, default=Path("data/widerface/WIDER_val/images"))
+    add_wider_val_options(parser)
     parser.add_argument("--out", type=Path, default=None, help="write the AP as JSON here")
     add_detector_options(parser, weights_help="folder with pnet.pt, rnet.pt and the O-Net giving the face "
                          "scores (default: the shipped weights)")
@@ -65,11 +61,8 @@ def main() -> int:
         return 2
     box_net = box_net.to(detector.device, memory_format=torch.channels_last).eval()
     detector.nets["onet"] = SwappedHeads(detector.nets["onet"], box_net).eval()
-    result = evaluate_wider(ground_truth, detect_wider(detector, ground_truth, args.images))
-    report = {"weights": str(args.weights), "boxes_from": str(args.boxes_from), "ap": result.ap}
-    log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
-    if args.out is not None:
-        write_json_atomic(args.out, report)
+    report_wider_ap(detector, ground_truth, args.images, args.out,
+                    {"weights": str(args.weights), "boxes_from": str(args.boxes_from)})
     return 0
 
 

@@ -1,27 +1,16 @@
 """scripts/averaged_nets.py: one stage run as the mean of several nets' outputs."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from scripts_dir import load_script
 
 from mtcnn.nets import build_net
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "averaged_nets.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("averaged_nets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_averaged_nets_give_the_mean_of_each_output():
     torch.manual_seed(0)
     nets = [build_net("rnet").eval() for _ in range(3)]
     pixels = torch.rand(5, 3, 24, 24) * 255
-    averaged = load_script().AveragedNets(nets).eval()
+    averaged = load_script("averaged_nets").AveragedNets(nets).eval()
     with torch.no_grad():
         out, each = averaged(pixels), [net(pixels) for net in nets]
     for field in ("logits", "box", "landmarks"):

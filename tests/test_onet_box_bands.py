@@ -1,25 +1,16 @@
 """scripts/onet_box_bands.py: how much of the needed box correction an O-Net makes, by IoU band."""
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scripts_dir import SCRIPTS, load_script
 
 from mtcnn.nets import NetOutput
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "onet_box_bands.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("onet_box_bands", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = SCRIPTS / "onet_box_bands.py"
 
 
 class FixedBoxes(torch.nn.Module):
@@ -42,7 +33,7 @@ def slow_iou(a, b) -> float:
 
 
 def test_bands_measure_the_share_of_the_needed_correction():
-    script = load_script()
+    script = load_script("onet_box_bands")
     faces = np.array([[100, 100, 140, 150], [300, 80, 380, 180]], np.float32)
     # Windows around both faces: IoU 0.75, 0.47, 0.37 and 0.67, 0.48, 0.35 (two per band).
     windows = torch.tensor([[98, 104, 146, 152], [104, 110, 154, 160], [108, 112, 158, 162],

@@ -1,27 +1,16 @@
 """scripts/onet_head_swap.py: the face scores come from one O-Net, boxes and landmarks from the other."""
 
-import importlib.util
-from pathlib import Path
-
 import torch
+from scripts_dir import load_script
 
 from mtcnn.nets import build_net
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "onet_head_swap.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("onet_head_swap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_swapped_heads_take_scores_from_one_net_and_boxes_from_the_other():
     torch.manual_seed(0)
     score_net, box_net = build_net("onet").eval(), build_net("onet").eval()
     pixels = torch.rand(5, 3, 48, 48) * 255
-    swapped = load_script().SwappedHeads(score_net, box_net).eval()
+    swapped = load_script("onet_head_swap").SwappedHeads(score_net, box_net).eval()
     with torch.no_grad():
         out, scored, boxed = swapped(pixels), score_net(pixels), box_net(pixels)
     torch.testing.assert_close(out.logits, scored.logits)
