@@ -91,8 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "origin and window arrays that mtcnn prep writes)")
     parser.add_argument("--annotations", type=Path, default=None, help="the WIDER FACE *_bbx_gt.txt the stores "
                         "were cut from (default: the one in each store's manifest)")
-    parser.add_argument("--judge", type=Path, nargs="*", default=[], metavar="FILE",
-                        help="nets of the stores' stage that score the negatives and positives")
+    parser.add_argument("--judge", type=Path, action="append", default=[], metavar="FILE",
+                        help="a net of the stores' stage that scores the negatives and positives (repeat "
+                        "for several)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 

@@ -93,14 +93,16 @@ def test_store_summary_gives_each_labels_figures(tmp_path):
     assert "judge" in summary["positive"] and "judge" not in summary["part"]
 
 
-def test_command_prints_each_store_and_rejects_mixed_stages(tmp_path, capsys):
+def test_command_prints_each_store_and_rejects_mixed_stages(tmp_path, capsys, reference_weights):
     (tmp_path / "gt.txt").write_text(WIDER_TEXT)
     annotations = ["--annotations", str(tmp_path / "gt.txt")]
     write_store_with_windows(tmp_path / "a", seed=3)
     write_store_with_windows(tmp_path / "b", seed=4)
-    assert compare_stores.main([str(tmp_path / "a"), str(tmp_path / "b"), *annotations]) == 0
+    judge = ["--judge", str(reference_weights / "onet.pt")]
+    assert compare_stores.main([*judge, str(tmp_path / "a"), str(tmp_path / "b"), *annotations]) == 0
     out = capsys.readouterr().out
     assert out.count("== ") == 2 and out.count("positive         10") == 2
+    assert out.count("taken for faces at 0.5 / 0.7") == 2 and out.count("missed at 0.5 / 0.7") == 2
 
     write_store_with_windows(tmp_path / "r", seed=5, stage="rnet", size=24)
     assert compare_stores.main([str(tmp_path / "a"), str(tmp_path / "r"), *annotations]) == 2
