@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mtcnn.batches import to_net_layout
 from mtcnn.boxes import iou_matrix
 from mtcnn.datasets import read_wider
 from mtcnn.errors import MtcnnError
@@ -51,8 +52,8 @@ def face_probability(net: torch.nn.Module, images: np.ndarray, chunk: int = 4096
     probabilities = [np.zeros(0, np.float32)]
     with torch.no_grad():
         for start in range(0, len(images), chunk):
-            pixels = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).permute(0, 3, 1, 2).float()
-            probabilities.append(torch.softmax(net(pixels).logits, dim=1)[:, 1].numpy())
+            pixels = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).float()
+            probabilities.append(torch.softmax(net(to_net_layout(pixels)).logits, dim=1)[:, 1].numpy())
     return np.concatenate(probabilities)
 
 
