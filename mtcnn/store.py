@@ -217,15 +217,17 @@ def finish_store(store_dir: str | Path, stage: str, shard_indices: Sequence[int]
 
 
 def write_store(path: str | Path, stage: str, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
-                landmarks: np.ndarray, extra_manifest: Mapping[str, Any] | None = None) -> Path:
+                landmarks: np.ndarray, extra_manifest: Mapping[str, Any] | None = None,
+                extras: Mapping[str, np.ndarray] | None = None) -> Path:
     """Write a one-shard store from arrays (for tests and small tools); returns its folder.
 
     ``images uint8 [N, S, S, 3]`` with ``S`` the stage's input size, ``labels int8 [N]``,
-    ``boxes float32 [N, 4]``, ``landmarks float32 [N, 10]``.
+    ``boxes float32 [N, 4]``, ``landmarks float32 [N, 10]``; ``extras`` further per-sample
+    arrays ``[N, ...]`` by name, as :func:`write_shard` takes them.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    write_shard(path, 0, INPUT_SIZES[stage], images, labels, boxes, landmarks)
+    write_shard(path, 0, INPUT_SIZES[stage], images, labels, boxes, landmarks, extras=extras)
     finish_store(path, stage, [0], extra_manifest)
     return path
 

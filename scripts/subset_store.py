@@ -4,10 +4,10 @@
         --wider-fraction 0.25
 
 Keeps every sample of the chosen WIDER images and landmark faces (the store's ``origin`` array
-says where each came from) and drops the rest, shard by shard. As preparation draws each image's
-samples from its own random generator, the result holds what preparing only those images would
-give, so that training on it measures what fewer images cost: a point of a learning curve. The
-chosen indices go into the new store's manifest (``subset``).
+says where each came from), in a one-shard store, and drops the rest. As preparation draws each
+image's samples from its own random generator, the result holds what preparing only those images
+would give, so that training on it measures what fewer images cost: a point of a learning curve.
+The chosen indices go into the new store's manifest (``subset``).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ import numpy as np
 
 from mtcnn.errors import MtcnnError
 from mtcnn.prep_runner import SOURCE_LANDMARKS, SOURCE_WIDER
-from mtcnn.store import ARRAY_NAMES, MANIFEST_NAME, SHARDS_DIR, SampleStore, finish_store, write_shard
+from mtcnn.store import MANIFEST_NAME, SampleStore, write_store
 
 log = logging.getLogger(__name__)
 
 #: The manifest's count of the inputs of each source (``origin[:, 0]``).
 SOURCE_COUNT_KEYS = {SOURCE_WIDER: "wider_images_used", SOURCE_LANDMARKS: "landmark_faces_used"}
-#: Manifest keys that :func:`mtcnn.store.finish_store` writes afresh for the new store.
+#: Manifest keys that :func:`mtcnn.store.write_store` writes afresh for the new store.
 STRUCTURAL_KEYS = ("format", "format_version", "stage", "size", "count", "counts", "shards", "extras")
 
 
@@ -72,30 +72,21 @@ def choose_subset(store: SampleStore, wider_fraction: float, landmark_fraction: 
 def subset_store(store: SampleStore, out: Path, chosen: dict[int, np.ndarray],
                  record: dict | None = None) -> dict:
     """Write the samples of ``store`` that come from the ``chosen`` inputs (``{source code:
-    indices}``) into a new store at ``out``, shard by shard in their order, the manifest last;
+    indices}``) into a new one-shard store at ``out``, in their order, the manifest last;
     ``record`` goes into the manifest's ``subset`` beside the chosen indices. Returns the new
     manifest."""
     if (out / MANIFEST_NAME).exists():
         raise MtcnnError(f"{out}: already holds a finished store; choose another folder")
-    extras = store.manifest.get("extras", [])
-    written = 0
-    for shard in store.manifest["shards"]:
-        # One shard at a time, so that memory holds one shard's crops, not the whole store's.
-        folder = store.path / SHARDS_DIR / shard["name"]
-        keep = kept_rows(np.load(folder / "origin.npy", mmap_mode="r"), chosen)
-        if not keep.any():
-            continue
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r")[keep] for name in (*ARRAY_NAMES, *extras)}
-        write_shard(out, written, store.size, *(arrays[name] for name in ARRAY_NAMES),
-                    extras={name: arrays[name] for name in extras})
-        written += 1
-    if written == 0:
+    keep = kept_rows(store.extra("origin"), chosen)
+    if not keep.any():
         raise MtcnnError(f"{store.path}: no sample comes from the chosen inputs; raise the fractions")
     manifest = {key: value for key, value in store.manifest.items() if key not in STRUCTURAL_KEYS}
     manifest["subset"] = {"of": str(store.path), **(record or {}),
                           "wider_images": chosen.get(SOURCE_WIDER, np.zeros(0, int)).tolist(),
                           "landmark_faces": chosen.get(SOURCE_LANDMARKS, np.zeros(0, int)).tolist()}
-    return finish_store(out, store.stage, range(written), manifest)
+    write_store(out, store.stage, store.images[keep], store.labels[keep], store.boxes[keep], store.landmarks[keep],
+                manifest, extras={name: store.extra(name)[keep] for name in store.manifest.get("extras", [])})
+    return SampleStore.open(out).manifest
 
 
 def main(argv: Sequence[str] | None = None) -> int:
