@@ -306,7 +306,7 @@ class OptimConfig:
     alpha: float | None = setting(None, low=0.0, high=1.0, doc="rmsprop: squared-gradient decay (default 0.99)")
 
     def __post_init__(self) -> None:
-        from mtcnn.optim import check_optimizer_settings
+        from mtcnn.train.optim import check_optimizer_settings
 
         check_optimizer_settings(self.name, self.specific_settings())
 
@@ -338,7 +338,7 @@ class ScheduleConfig:
     threshold: float | None = setting(None, low=0.0, doc="plateau: relative improvement that counts (1e-4)")
 
     def __post_init__(self) -> None:
-        from mtcnn.optim import check_schedule_settings
+        from mtcnn.train.optim import check_schedule_settings
 
         check_schedule_settings(self.name, self.specific_settings())
 

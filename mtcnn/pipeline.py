@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from mtcnn.atomic import write_json_atomic
-from mtcnn.checkpoint import atomic_save, load_checkpoint
+from mtcnn.model.checkpoint import atomic_save, load_checkpoint
 from mtcnn.config import build_config, load_config, read_yaml, setting, to_dict
 from mtcnn.errors import ConfigError, MtcnnError
-from mtcnn.nets import STAGES
+from mtcnn.model.nets import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +173,8 @@ class Pipeline:
 
     def _prep_step(self, stage: str, split: str, earlier: Sequence[str]) -> Callable[[], None]:
         def run() -> None:
-            from mtcnn.detector import resolve_device
-            from mtcnn.prep_runner import default_workers, format_summary, prepare
+            from mtcnn.detect.cascade import resolve_device
+            from mtcnn.data.prepare import default_workers, format_summary, prepare
 
             summary = prepare(stage, self._stage_config(stage), self.store(stage, split), split=split,
                               workers=self.config.workers or default_workers(),
@@ -187,7 +187,7 @@ class Pipeline:
         def run() -> None:
             import torch
 
-            from mtcnn.engine import run_training
+            from mtcnn.train.trainer import run_training
 
             if self.config.threads is not None:
                 torch.set_num_threads(self.config.threads)
@@ -203,14 +203,14 @@ class Pipeline:
         return run
 
     def _detector(self, stages: Sequence[str], **settings: Any):
-        from mtcnn.detector import MTCNN
+        from mtcnn.detect.cascade import MTCNN
 
         return MTCNN(weights={stage: self.weights(stage) for stage in stages}, device=self.config.device, **settings)
 
     def _recall_step(self, stages: Sequence[str]) -> Callable[[], None]:
         def run() -> None:
-            from mtcnn.datasets import read_wider
-            from mtcnn.evaluate import evaluate_stages, format_stage_table
+            from mtcnn.data.readers import read_wider
+            from mtcnn.eval.landmarks import evaluate_stages, format_stage_table
 
             evaluation = self.config.evaluate
             mining = self._stage_config(STAGES[len(stages)]).mining  # the settings the next stage mines with
@@ -227,7 +227,7 @@ class Pipeline:
 
     def _wider_step(self, eval_setting: EvalSetting) -> Callable[[], None]:
         def run() -> None:
-            from mtcnn.wider_eval import detect_wider, evaluate_wider, load_ground_truth, plot_pr_curves
+            from mtcnn.eval.wider import detect_wider, evaluate_wider, load_ground_truth, plot_pr_curves
 
             evaluation = self.config.evaluate
             ground_truth = load_ground_truth(evaluation.wider_ground_truth)
@@ -250,8 +250,8 @@ class Pipeline:
         return self.root / "eval" / f"wider-{eval_setting.name}"
 
     def _landmark_step(self) -> None:
-        from mtcnn.datasets import read_landmark_list
-        from mtcnn.evaluate import evaluate_landmarks
+        from mtcnn.data.readers import read_landmark_list
+        from mtcnn.eval.landmarks import evaluate_landmarks
 
         faces = read_landmark_list(self.config.evaluate.landmark_list)
         detector = self._detector(STAGES)

@@ -33,13 +33,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mtcnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from mtcnn.batches import SampleTensors  # noqa: E402
-from mtcnn.bench import machine_description  # noqa: E402
+from mtcnn.train.batches import SampleTensors  # noqa: E402
+from mtcnn.detect.bench import machine_description  # noqa: E402
 from mtcnn.config import StageConfig, build_config, read_yaml  # noqa: E402
-from mtcnn.engine import Trainer, open_stage_store  # noqa: E402
+from mtcnn.train.trainer import Trainer, open_stage_store  # noqa: E402
 from mtcnn.errors import MtcnnError  # noqa: E402
-from mtcnn.nets import build_net  # noqa: E402
-from mtcnn.optim import OPTIMIZER_NAMES  # noqa: E402
+from mtcnn.model.nets import build_net  # noqa: E402
+from mtcnn.train.optim import OPTIMIZER_NAMES  # noqa: E402
 
 #: Learning rate per optimizer: each one's customary rate for a net of this size.
 LEARNING_RATES = {"sgd": 0.05, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01, "rmsprop": 0.001,

@@ -4,7 +4,7 @@ A deliberately plain cutter (not the prep pipeline): square windows around WIDER
 jittered until their IoU with the face makes them positives (>= 0.65) or part faces
 (0.4 .. 0.65), random windows (12 to 120 px) overlapping no face (IoU < 0.3) as negatives, and windows
 around the landmark set's faces with their five points. Crops are resampled with
-:func:`mtcnn.boxes.crop_and_resize`, as the detector does.
+:func:`mtcnn.ops.boxes.crop_and_resize`, as the detector does.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcnn.boxes import box_offsets, crop_and_resize, pairwise_iou
-from mtcnn.datasets import read_landmark_list, read_wider
-from mtcnn.images import read_image
-from mtcnn.nets import INPUT_SIZES
-from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, write_store
+from mtcnn.ops.boxes import box_offsets, crop_and_resize, pairwise_iou
+from mtcnn.data.readers import read_landmark_list, read_wider
+from mtcnn.detect.inputs import read_image
+from mtcnn.model.nets import INPUT_SIZES
+from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, write_store
 
 
 def _pixels(path: Path) -> torch.Tensor:
@@ -51,7 +51,7 @@ def _square_around(box: np.ndarray, rng: np.random.Generator, shift: float, scal
 
 def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) -> dict[str, np.ndarray]:
     """About ``faces`` positives, as many part faces, 3x negatives and 2x landmark samples from
-    the kit's ``split`` ("train" or "val") images; arrays as :func:`mtcnn.store.write_store` takes."""
+    the kit's ``split`` ("train" or "val") images; arrays as :func:`mtcnn.data.store.write_store` takes."""
     size = INPUT_SIZES[stage]
     rng = np.random.default_rng(seed)
     wider = kit / "widerface"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mtcnn.atomic import atomic_path, temporary_name, write_json_atomic, write_text_atomic
-from mtcnn.draw import write_image
+from mtcnn.ops.draw import write_image
 
 
 def test_json_and_text_land_whole_with_new_file_permissions(tmp_path):

@@ -3,7 +3,7 @@
 import torch
 from scripts_dir import load_script
 
-from mtcnn.nets import build_net
+from mtcnn.model.nets import build_net
 
 
 def test_averaged_nets_give_the_mean_of_each_output():

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-from mtcnn.batches import (Augmenter, BatchPlanner, SampleTensors, flip_batch, jitter_colours, slot_pattern,
+from mtcnn.train.batches import (Augmenter, BatchPlanner, SampleTensors, flip_batch, jitter_colours, slot_pattern,
                            to_net_layout)
-from mtcnn.boxes import box_offsets
-from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
+from mtcnn.ops.boxes import box_offsets
+from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
 
 RATIO = {"negative": 3, "positive": 1, "part": 1, "landmark": 2}
 LABEL_OF = {"negative": LABEL_NEGATIVE, "positive": LABEL_POSITIVE, "part": LABEL_PART, "landmark": LABEL_LANDMARK}
@@ -179,7 +179,7 @@ def test_augmenter_is_reproducible_per_epoch_and_leaves_labels(kit_store):
 
 
 def _original_net(reference_weights: Path, stage: str):
-    from mtcnn.weights import load_net
+    from mtcnn.model.weights import load_net
 
     return load_net(reference_weights / f"{stage}.pt", stage).eval()
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtcnn import boxes as B
+from mtcnn.ops import boxes as B
 
 
 def random_boxes(count: int, generator: torch.Generator, span: float = 100.0) -> torch.Tensor:

@@ -5,8 +5,8 @@ import pytest
 import torch
 from scripts_dir import load_script
 
-from mtcnn.nets import build_net
-from mtcnn.store import (
+from mtcnn.model.nets import build_net
+from mtcnn.data.store import (
     LABEL_LANDMARK,
     LABEL_NEGATIVE,
     LABEL_PART,

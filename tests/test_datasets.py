@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtcnn.datasets import LandmarkFace, points_outside, read_celeba, read_landmark_list, read_wider
+from mtcnn.data.readers import LandmarkFace, points_outside, read_celeba, read_landmark_list, read_wider
 from mtcnn.errors import DataError
 
 

@@ -87,7 +87,7 @@ def test_bad_options_are_one_line_errors(photos, reference_weights, tmp_path, ca
 
 
 def test_landmark_scales_option_is_one_word_before_or_after_the_paths(photos, reference_weights, capsys):
-    from mtcnn.detector import MTCNN
+    from mtcnn.detect.cascade import MTCNN
 
     family = photos / "party" / "family.jpg"
     options = ["--weights", str(reference_weights), "--device", "cpu"]
@@ -110,8 +110,8 @@ def test_no_images_found_is_an_error(tmp_path, reference_weights, capsys):
 
 @pytest.mark.parametrize("mirror_onet, name", [(True, "mtcnn"), (False, "mtcnn, O-Net once")])
 def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_onet, name):
-    from mtcnn.bench import bench_detect, benchmark_images
-    from mtcnn.detector import MTCNN
+    from mtcnn.detect.bench import bench_detect, benchmark_images
+    from mtcnn.detect.cascade import MTCNN
 
     images = benchmark_images(kit / "samples", 3)
     rows = bench_detect(reference_weights, images, min_face_sizes=(40,), batch_sizes=(1,), repeats=1, device="cpu",

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mtcnn.boxes import pairwise_iou
-from mtcnn.detector import MTCNN, Faces
-from mtcnn.nets import STAGES, MirrorAveraged
+from mtcnn.ops.boxes import pairwise_iou
+from mtcnn.detect.cascade import MTCNN, Faces
+from mtcnn.model.nets import STAGES, MirrorAveraged
 
 SAMPLE = "samples/2007_007763.jpg"  # seven faces, 375 x 500
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtcnn.batches import SampleTensors
-from mtcnn.checkpoint import load_checkpoint
+from mtcnn.train.batches import SampleTensors
+from mtcnn.model.checkpoint import load_checkpoint
 from mtcnn.config import StageConfig, build_config, read_yaml
-from mtcnn.engine import LAST_CHECKPOINT, NonFiniteLossError, Trainer, load_train_config, run_training
+from mtcnn.train.trainer import LAST_CHECKPOINT, NonFiniteLossError, Trainer, load_train_config, run_training
 from mtcnn.errors import DataError, MtcnnError
-from mtcnn.nets import NetOutput, build_net
-from mtcnn.store import SampleStore
-from mtcnn.weights import load_net, packaged_weights_dir
+from mtcnn.model.nets import NetOutput, build_net
+from mtcnn.data.store import SampleStore
+from mtcnn.model.weights import load_net, packaged_weights_dir
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny" / "pnet.yaml"
@@ -234,7 +234,7 @@ def test_configured_dropout_reaches_the_trained_net(kit_store, tmp_path, monkeyp
         built.append(net)
         return net
 
-    monkeypatch.setattr("mtcnn.engine.build_net", recording_build_net)
+    monkeypatch.setattr("mtcnn.train.trainer.build_net", recording_build_net)
     config = load_train_config("rnet", TINY.parent / "rnet.yaml",
                                [f"train_store={kit_store('rnet', 'train')}", f"val_store={kit_store('rnet', 'val')}",
                                 f"out_dir={tmp_path}", "epochs=1", "dropout=0.3", "dropout_heads=classification",
@@ -263,7 +263,7 @@ def test_a_missing_init_weights_file_fails_before_the_stores_load(kit_store, tmp
     def no_store(*args, **kwargs):
         raise AssertionError("the stores were opened before the weights file was checked")
 
-    monkeypatch.setattr("mtcnn.engine.open_stage_store", no_store)
+    monkeypatch.setattr("mtcnn.train.trainer.open_stage_store", no_store)
     config = _config(kit_store, tmp_path, f"init_weights={tmp_path / 'nowhere.pt'}")
     with pytest.raises(MtcnnError, match=r"^train\.init_weights: .*nowhere\.pt: no such file$"):
         run_training(config, "cpu", show_progress=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mtcnn.cli import main
-from mtcnn.evaluate import (
+from mtcnn.eval.landmarks import (
     RECALL_IOUS,
     counted_faces,
     evaluate_landmarks,
@@ -73,9 +73,9 @@ def test_stage_recall_thresholds_and_sizes_at_the_edge():
 
 @pytest.mark.slow
 def test_stage_recall_on_real_images(kit, reference_weights, tmp_path, capsys):
-    from mtcnn.datasets import read_wider
-    from mtcnn.detector import MTCNN
-    from mtcnn.wider_eval import parse_predictions
+    from mtcnn.data.readers import read_wider
+    from mtcnn.detect.cascade import MTCNN
+    from mtcnn.eval.wider import parse_predictions
 
     images = read_wider(kit / "widerface" / "wider_face_split" / "wider_face_val_bbx_gt.txt",
                         kit / "widerface" / "WIDER_val" / "images")[:12]
@@ -137,7 +137,7 @@ class FixedDetector:
 
 def fixed_onet():
     """An O-Net that puts the five points at fixed places of its window, whatever it sees."""
-    from mtcnn.nets import ONet
+    from mtcnn.model.nets import ONet
 
     onet = ONet()
     with torch.no_grad():
@@ -148,8 +148,8 @@ def fixed_onet():
 
 
 def test_evaluate_landmarks_matches_detections_and_counts_misses(kit):
-    from mtcnn.datasets import read_landmark_list
-    from mtcnn.detector import Faces
+    from mtcnn.data.readers import read_landmark_list
+    from mtcnn.detect.cascade import Faces
 
     faces = read_landmark_list(kit / "landmarks" / "testImageList.txt")[:3]
     box = faces[0].box
@@ -165,7 +165,7 @@ def test_evaluate_landmarks_matches_detections_and_counts_misses(kit):
 
 
 def test_onet_on_given_boxes_places_points_in_the_squared_window():
-    from mtcnn.detector import MTCNN
+    from mtcnn.detect.cascade import MTCNN
 
     image = np.zeros((100, 100, 3), np.uint8)
     box = np.array([[20.0, 10.0, 60.0, 90.0]])
@@ -183,8 +183,8 @@ def test_onet_on_given_boxes_places_points_in_the_squared_window():
 
 @pytest.mark.slow
 def test_landmark_error_of_the_reference_weights(kit, reference_weights, tmp_path, capsys):
-    from mtcnn.datasets import read_landmark_list
-    from mtcnn.detector import MTCNN
+    from mtcnn.data.readers import read_landmark_list
+    from mtcnn.detect.cascade import MTCNN
 
     faces = read_landmark_list(kit / "landmarks" / "testImageList.txt")[:24]
     detector = MTCNN(reference_weights, device="cpu")

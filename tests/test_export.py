@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mtcnn.cli import main
-from mtcnn.export import OUTPUT_NAMES, export_modules
-from mtcnn.images import read_image, to_pixel_tensor
-from mtcnn.nets import INPUT_SIZES, STAGES
-from mtcnn.weights import load_net
+from mtcnn.model.export import OUTPUT_NAMES, export_modules
+from mtcnn.detect.inputs import read_image, to_pixel_tensor
+from mtcnn.model.nets import INPUT_SIZES, STAGES
+from mtcnn.model.weights import load_net
 
 TOLERANCE = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")

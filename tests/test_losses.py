@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mtcnn.losses import combine_loss, hard_example_mask, loss_sums, ohem_kept_count
-from mtcnn.nets import NetOutput
-from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from mtcnn.train.losses import combine_loss, hard_example_mask, loss_sums, ohem_kept_count
+from mtcnn.model.nets import NetOutput
+from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 WEIGHTS = (1.0, 0.5, 0.25)
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtcnn.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from mtcnn.model.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from mtcnn.config import TrainConfig
 from mtcnn.errors import WeightsError
-from mtcnn.nets import DROPOUT_HEADS, NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
-from mtcnn.weights import load_net, resolve_weight_files
+from mtcnn.model.nets import DROPOUT_HEADS, NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
+from mtcnn.model.weights import load_net, resolve_weight_files
 
 
 @pytest.mark.parametrize("height, width", [(12, 12), (13, 12), (30, 41), (100, 64)])
@@ -123,7 +123,7 @@ def test_unknown_stage_is_an_error():
 def facenet_style_forward(state: dict, stage: str, pixels: torch.Tensor) -> tuple:
     """The original release's forward pass written out from its state dict: Caffe (W, H, C)
     flatten before the dense layers, O-Net landmarks as x1..x5, y1..y5. The slow reference for
-    the conversion in mtcnn.weights."""
+    the conversion in mtcnn.model.weights."""
     x = (pixels - 127.5) * 0.0078125
 
     def conv(x, name):

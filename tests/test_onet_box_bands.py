@@ -6,11 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-from scripts_dir import SCRIPTS, load_script
+from scripts_dir import load_script, script_path
 
-from mtcnn.nets import NetOutput
+from mtcnn.model.nets import NetOutput
 
-SCRIPT = SCRIPTS / "onet_box_bands.py"
+SCRIPT = script_path("onet_box_bands")
 
 
 class FixedBoxes(torch.nn.Module):

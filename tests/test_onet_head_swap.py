@@ -3,7 +3,7 @@
 import torch
 from scripts_dir import load_script
 
-from mtcnn.nets import build_net
+from mtcnn.model.nets import build_net
 
 
 def test_swapped_heads_take_scores_from_one_net_and_boxes_from_the_other():

@@ -11,8 +11,8 @@ from torch import nn
 
 from mtcnn.config import OptimConfig, ScheduleConfig, StageConfig, build_config
 from mtcnn.errors import ConfigError
-from mtcnn.nets import PNet
-from mtcnn.optim import (OPTIMIZER_NAMES, OPTIMIZERS, SCHEDULE_NAMES, LRSchedule, build_optimizer,
+from mtcnn.model.nets import PNet
+from mtcnn.train.optim import (OPTIMIZER_NAMES, OPTIMIZERS, SCHEDULE_NAMES, LRSchedule, build_optimizer,
                          check_optimizer_settings)
 
 SPECIFIC = {"momentum": 0.5, "betas": (0.8, 0.9), "eps": 1e-6, "alpha": 0.9}

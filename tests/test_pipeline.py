@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import yaml
 
-from mtcnn.detector import MTCNN
+from mtcnn.detect.cascade import MTCNN
 from mtcnn.errors import ConfigError
 from mtcnn.pipeline import Pipeline, load_pipeline_config, run_pipeline
-from mtcnn.weights import load_net
+from mtcnn.model.weights import load_net
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,12 +12,12 @@ import torch.nn.functional as F
 
 from mtcnn.cli import main
 from mtcnn.config import StageConfig, build_config
-from mtcnn.datasets import read_landmark_list, read_wider
+from mtcnn.data.readers import read_landmark_list, read_wider
 from mtcnn.errors import DataError, MtcnnError
-from mtcnn.nets import MIRRORED_POINT_ORDER
-from mtcnn.prep import cut_crops, mirror_targets
-from mtcnn.prep_runner import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
-from mtcnn.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
+from mtcnn.model.nets import MIRRORED_POINT_ORDER
+from mtcnn.data.samples import cut_crops, mirror_targets
+from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
+from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
 
 SMALL = ["prep.limit_images=6", "prep.limit_landmark_faces=40", "prep.images_per_shard=2", "prep.faces_per_shard=20"]
 
@@ -184,7 +184,7 @@ def test_same_seed_same_arrays_with_one_and_two_workers(kit: Path, tmp_path: Pat
 
 
 def test_interrupted_run_resumes_to_the_same_result(pnet_store, tmp_path: Path, monkeypatch):
-    import mtcnn.prep_runner as runner
+    import mtcnn.data.prepare as runner
 
     reference, config = pnet_store
     real_run_shard = runner.run_shard
@@ -296,9 +296,9 @@ def test_cli_prep_and_inspect(kit: Path, tmp_path: Path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_rnet_mining_labels_and_crops_match_the_detector(kit: Path, reference_weights: Path, tmp_path: Path):
-    from mtcnn.boxes import crop_and_resize, square_boxes
-    from mtcnn.detector import MTCNN
-    from mtcnn.images import read_image, to_pixel_tensor
+    from mtcnn.ops.boxes import crop_and_resize, square_boxes
+    from mtcnn.detect.cascade import MTCNN
+    from mtcnn.detect.inputs import read_image, to_pixel_tensor
 
     overrides = ["prep.limit_images=3", "prep.limit_landmark_faces=10", "prep.images_per_shard=2",
                  "mining.max_negatives_per_image=15", "mining.face_crops_per_face=3"]
@@ -359,8 +359,8 @@ def test_onet_mining_runs_both_earlier_nets(kit: Path, reference_weights: Path, 
 def test_rotated_and_mirrored_pixels_follow_their_landmark_targets(mirror: float):
     """Five bright dots on a dark image: wherever the targets say a point is, the crop is bright."""
     from mtcnn.config import LandmarkCropConfig
-    from mtcnn.datasets import LandmarkFace
-    from mtcnn.prep import landmark_crops
+    from mtcnn.data.readers import LandmarkFace
+    from mtcnn.data.samples import landmark_crops
 
     image = np.zeros((160, 160, 3), np.uint8)
     points = np.array([[60, 62], [100, 58], [82, 85], [64, 108], [98, 110]], np.float32)
@@ -382,8 +382,8 @@ def test_rotated_and_mirrored_pixels_follow_their_landmark_targets(mirror: float
 
 def test_landmark_crops_may_cross_the_border_zero_padded_like_the_detector():
     from mtcnn.config import LandmarkCropConfig
-    from mtcnn.datasets import LandmarkFace
-    from mtcnn.prep import landmark_crops
+    from mtcnn.data.readers import LandmarkFace
+    from mtcnn.data.samples import landmark_crops
 
     image = np.full((100, 100, 3), 200, np.uint8)  # the face fills the image, as in CNN_FacePoint lists
     points = np.array([[35, 40], [65, 40], [50, 55], [38, 72], [62, 72]], np.float32)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from mtcnn import cli
-from mtcnn.boxes import pairwise_iou
-from mtcnn.checkpoint import load_checkpoint
-from mtcnn.detector import MTCNN
+from mtcnn.ops.boxes import pairwise_iou
+from mtcnn.model.checkpoint import load_checkpoint
+from mtcnn.detect.cascade import MTCNN
 from mtcnn.errors import WeightsError
-from mtcnn.weights import STAGES, packaged_weights_dir, stage_weights_file
+from mtcnn.model.weights import STAGES, packaged_weights_dir, stage_weights_file
 
 SAMPLE = "samples/2007_007763.jpg"  # seven frontal faces, 375 x 500
 
@@ -49,7 +49,7 @@ def test_detect_without_weights_uses_the_shipped_ones(kit, tmp_path):
 
 
 def test_an_installation_without_weights_says_what_to_pass(monkeypatch, tmp_path: Path, kit, capsys):
-    monkeypatch.setattr("mtcnn.weights.packaged_weights_dir", lambda: tmp_path)
+    monkeypatch.setattr("mtcnn.model.weights.packaged_weights_dir", lambda: tmp_path)
     with pytest.raises(WeightsError, match="none are shipped"):
         MTCNN(device="cpu")
     assert cli.main(["detect", str(kit / SAMPLE), "--device", "cpu"]) != 0
@@ -61,7 +61,7 @@ def test_shipped_names_the_packaged_file_of_each_stage_and_anything_else_is_a_pa
     for stage in STAGES:
         assert stage_weights_file("shipped", stage) == packaged_weights_dir() / f"{stage}.pt"
     assert stage_weights_file("runs/train/onet/best.pt", "onet") == Path("runs/train/onet/best.pt")
-    monkeypatch.setattr("mtcnn.weights.packaged_weights_dir", lambda: tmp_path)
+    monkeypatch.setattr("mtcnn.model.weights.packaged_weights_dir", lambda: tmp_path)
     with pytest.raises(WeightsError, match=r"'shipped': this installation ships no rnet\.pt"):
         stage_weights_file(Path("shipped"), "rnet")
 
@@ -73,7 +73,7 @@ def test_prep_mines_with_the_shipped_nets_when_told_shipped(kit, tmp_path, monke
         used.update(weights)
         raise WeightsError("stop here: the nets are what this test checks")
 
-    monkeypatch.setattr("mtcnn.prep_runner.prepare", recording_prepare)
+    monkeypatch.setattr("mtcnn.data.prepare.prepare", recording_prepare)
     config = Path(__file__).resolve().parents[1] / "configs" / "onet.yaml"
     assert cli.main(["prep", "onet", "--config", str(config), "--out", str(tmp_path / "store"),
                      "--pnet", "shipped", "--rnet", "shipped", "--device", "cpu"]) != 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mtcnn.errors import DataError
-from mtcnn.store import (
+from mtcnn.data.store import (
     FORMAT_VERSION,
     LABEL_LANDMARK,
     LABEL_NAMES,

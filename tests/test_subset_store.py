@@ -8,8 +8,8 @@ import pytest
 from scripts_dir import load_script
 from test_prep import SMALL, kit_config
 
-from mtcnn.prep_runner import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
-from mtcnn.store import ARRAY_NAMES, SampleStore, finish_store, write_shard
+from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
+from mtcnn.data.store import ARRAY_NAMES, SampleStore, finish_store, write_shard
 
 subset_store = load_script("subset_store")
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from mtcnn.checkpoint import load_checkpoint
+from mtcnn.model.checkpoint import load_checkpoint
 from mtcnn.cli import main, train_onet, train_pnet, train_rnet
-from mtcnn.weights import load_net
+from mtcnn.model.weights import load_net
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"

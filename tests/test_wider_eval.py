@@ -12,7 +12,7 @@ import scipy.io
 
 from mtcnn.cli import main
 from mtcnn.errors import DataError
-from mtcnn.wider_eval import (
+from mtcnn.eval.wider import (
     DETECTOR_RECORD,
     SETTINGS,
     WiderGroundTruth,
@@ -338,7 +338,7 @@ class CountingDetector:
         self.seen = 0
 
     def detect(self, images):
-        from mtcnn.detector import Faces
+        from mtcnn.detect.cascade import Faces
 
         self.seen += len(images)
         return [Faces(np.array([[10, 20, 60, 90]], np.float32), np.array([0.9], np.float32),

@@ -1,0 +1,149 @@
+"""Benchmarks that print figures: detection speed (and helpers shared by the other benchmarks).
+
+Speed targets are checked here, never by timed tests. Every figure is the median of several runs
+and comes with a description of the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtcnn.detect.cascade import LANDMARK_SCALES
+from mtcnn.detect.inputs import IMAGE_EXTENSIONS, read_image
+
+log = logging.getLogger(__name__)
+
+
+def machine_description(device: torch.device | str = "cpu") -> str:
+    """One line naming the processor (and GPU), core count, torch threads and versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if torch.device(device).type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
+    return text
+
+
+def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """Median wall time of ``run()`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def benchmark_images(folder: Path, count: int) -> list[Path]:
+    """A fixed, varied set: ``count`` images spread evenly over the sorted files of ``folder``."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no images")
+    step = max(1, len(files) // count)
+    return files[::step][:count]
+
+
+@dataclass(frozen=True)
+class DetectRow:
+    """One benchmark line: who ran, with which settings, and the median throughput."""
+
+    detector: str
+    min_face_size: int
+    batch_size: int
+    images_per_second: float
+    faces: int
+
+
+def bench_detect(
+    weights: Path | None,
+    images: Sequence[Path],
+    min_face_sizes: Sequence[int] = (20, 40),
+    batch_sizes: Sequence[int] = (1, 8),
+    repeats: int = 3,
+    device: str = "auto",
+    compare_facenet: bool = True,
+    mirror_onet: bool = True,
+    landmark_scales: Sequence[float] = LANDMARK_SCALES,
+) -> list[DetectRow]:
+    """Time the cascade over decoded ``images`` for each min face size and batch size
+    (``mirror_onet`` and ``landmark_scales`` as in :class:`~mtcnn.detect.cascade.MTCNN`).
+
+    When facenet-pytorch is importable (and ``compare_facenet``), its MTCNN is timed on the same
+    images with the same settings, one image at a time as it requires for images of different sizes.
+    """
+    from mtcnn.detect.cascade import MTCNN
+
+    decoded = [read_image(path) for path in images]
+    name = "mtcnn" if mirror_onet else "mtcnn, O-Net once"
+    rows = []
+    for min_face in min_face_sizes:
+        for batch in batch_sizes:
+            detector = MTCNN(weights, min_face_size=min_face, device=device, batch_size=batch,
+                             mirror_onet=mirror_onet, landmark_scales=landmark_scales)
+            faces = sum(len(f) for f in detector.detect(decoded))
+            seconds, _ = median_seconds(lambda: detector.detect(decoded), repeats)
+            rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces))
+            log.info("%s  min face %3d  batch %2d  %7.2f images/s", name, min_face, batch,
+                     rows[-1].images_per_second)
+        if compare_facenet:
+            row = _bench_facenet(decoded, min_face, repeats, device)
+            if row is not None:
+                rows.append(row)
+    return rows
+
+
+def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, device: str) -> DetectRow | None:
+    try:
+        from facenet_pytorch import MTCNN as FacenetMTCNN
+    except ImportError:
+        log.info("facenet-pytorch is not installed: no comparison")
+        return None
+    from PIL import Image
+
+    from mtcnn.detect.cascade import resolve_device
+
+    model = FacenetMTCNN(min_face_size=min_face, thresholds=[0.6, 0.7, 0.7], factor=0.709, keep_all=True,
+                         device=resolve_device(device))
+    pil_images = [Image.fromarray(image) for image in decoded]
+
+    def run() -> int:
+        return sum(0 if boxes is None else len(boxes) for boxes, _ in (model.detect(im) for im in pil_images))
+
+    faces = run()
+    seconds, _ = median_seconds(run, repeats, warmup=0)
+    row = DetectRow("facenet-pytorch", min_face, 1, len(decoded) / seconds, faces)
+    log.info("facenet-pytorch min face %3d  batch  1  %7.2f images/s", min_face, row.images_per_second)
+    return row
+
+
+def format_detect_table(rows: Sequence[DetectRow], machine: str, image_count: int, repeats: int) -> str:
+    """A Markdown table of the rows, with the machine and method underneath."""
+    lines = ["| detector | min face | batch | images/s | faces found |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row.detector} | {row.min_face_size} | {row.batch_size} | "
+                     f"{row.images_per_second:.2f} | {row.faces} |")
+    lines.append("")
+    lines.append(f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} runs; {machine}")
+    return "\n".join(lines)

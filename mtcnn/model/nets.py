@@ -1,0 +1,238 @@
+"""The three MTCNN networks with the original layer shapes.
+
+Every net takes float RGB pixel values in ``[0, 255]`` laid out ``[N, 3, H, W]`` and
+normalises them itself with :func:`normalize_pixels`, so that training, detection and
+export cannot disagree on the input scaling. They return raw outputs in a
+:class:`NetOutput`: face logits (no softmax), box offsets and landmark positions.
+
+Conventions shared by the whole package:
+
+- box offsets are ``(dx1, dy1, dx2, dy2)``: the true box corners minus the input window's
+  corners, divided by the window size;
+- landmarks are ten numbers ``(x1, y1, x2, y2, ..., x5, y5)`` for left eye, right eye, nose,
+  left and right mouth corner, each in ``[0, 1]`` of the input window.
+
+Layer names follow the original release (``conv1``, ``prelu1``, ``conv4_1`` ...), so that the
+original weights map onto these modules (see :mod:`mtcnn.model.weights`). P-Net and R-Net also have
+the landmark head that the paper's loss trains (``conv4_3``, ``dense5_3``), which the original
+release does not include.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+#: Input window side in pixels for each stage.
+INPUT_SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
+STAGES = tuple(INPUT_SIZES)
+#: Point order after a left-right flip: the eyes swap, the nose stays, the mouth corners swap.
+MIRRORED_POINT_ORDER = (1, 0, 2, 4, 3)
+
+
+class NetOutput(NamedTuple):
+    """Raw outputs of one net.
+
+    For R-Net and O-Net: ``logits [N, 2]``, ``box [N, 4]``, ``landmarks [N, 10]``.
+    For P-Net, which is fully convolutional, the same with a trailing ``[h, w]`` map:
+    ``logits [N, 2, h, w]`` and so on, one cell per 12 px window at stride 2.
+    """
+
+    logits: torch.Tensor
+    box: torch.Tensor
+    landmarks: torch.Tensor
+
+
+def mirror_outputs(box: torch.Tensor, landmarks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box offsets ``[N, 4]`` and landmarks ``[N, 10]`` of a window mirrored left to right,
+    from those of the window: ``(dx1, dy1, dx2, dy2)`` becomes ``(-dx2, dy1, -dx1, dy2)`` (the
+    right edge becomes the left one), each point's ``x`` becomes ``1 - x``, and the left and
+    right eyes and mouth corners swap, so that "left eye" still names the eye on the image's left.
+    Mirroring twice gives the inputs back.
+    """
+    mirrored_box = torch.stack([-box[:, 2], box[:, 1], -box[:, 0], box[:, 3]], dim=1)
+    points = landmarks.reshape(-1, 5, 2)[:, list(MIRRORED_POINT_ORDER)]
+    mirrored_points = torch.stack([1.0 - points[..., 0], points[..., 1]], dim=-1).reshape(-1, 10)
+    return mirrored_box, mirrored_points
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """Map RGB pixel values in [0, 255] to the nets' input scale, ``(p - 127.5) / 128``.
+
+    This is the only place where the scaling is written down.
+    """
+    return (pixels - 127.5) * (1.0 / 128.0)
+
+
+class PNet(nn.Module):
+    """Proposal net: fully convolutional, 12x12 receptive field, stride 2.
+
+    Input ``[N, 3, H, W]`` with H, W >= 12; outputs maps of ``h = (H - 10) // 2``,
+    ``w = (W - 10) // 2`` cells (rounding as the ceil-mode pooling does).
+    """
+
+    stage = "pnet"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
+        self.prelu1 = nn.PReLU(10)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
+        self.prelu2 = nn.PReLU(16)
+        self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
+        self.prelu3 = nn.PReLU(32)
+        self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
+        self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
+        self.conv4_3 = nn.Conv2d(32, 10, kernel_size=1)
+
+    def features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[N, 3, H, W]`` pixels -> ``[N, 32, h, w]`` features shared by the three heads."""
+        x = self.prelu1(self.conv1(normalize_pixels(pixels)))
+        x = self.pool1(x)
+        x = self.prelu2(self.conv2(x))
+        return self.prelu3(self.conv3(x))
+
+    def forward(self, pixels: torch.Tensor) -> NetOutput:
+        x = self.features(pixels)
+        return NetOutput(self.conv4_1(x), self.conv4_2(x), self.conv4_3(x))
+
+    def forward_detect(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Face logits and box offsets only: what the cascade needs, without the landmark head."""
+        x = self.features(pixels)
+        return self.conv4_1(x), self.conv4_2(x)
+
+
+class RNet(nn.Module):
+    """Refinement net on 24x24 crops: ``[N, 3, 24, 24]`` -> ``[N, 2]``, ``[N, 4]``, ``[N, 10]``."""
+
+    stage = "rnet"
+
+    def __init__(self, dropout: float = 0.0, dropout_heads: str = "all") -> None:
+        """``dropout``: probability of zeroing each of the 128 shared features while training, before
+        the heads ``dropout_heads`` names (see :func:`build_net`)."""
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
+        self.prelu1 = nn.PReLU(28)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
+        self.prelu2 = nn.PReLU(48)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
+        self.prelu3 = nn.PReLU(64)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout_heads = _check_dropout_heads(dropout_heads)
+        self.dense5_1 = nn.Linear(128, 2)
+        self.dense5_2 = nn.Linear(128, 4)
+        self.dense5_3 = nn.Linear(128, 10)
+
+    def forward(self, pixels: torch.Tensor) -> NetOutput:
+        x = self.prelu1(self.conv1(normalize_pixels(pixels)))
+        x = self.pool1(x)
+        x = self.prelu2(self.conv2(x))
+        x = self.pool2(x)
+        x = self.prelu3(self.conv3(x))
+        features = self.prelu4(self.dense4(x.flatten(1)))
+        dropped = self.dropout(features)
+        kept = dropped if self.dropout_heads == "all" else features
+        return NetOutput(self.dense5_1(dropped), self.dense5_2(kept), self.dense5_3(kept))
+
+
+class ONet(nn.Module):
+    """Output net on 48x48 crops: ``[N, 3, 48, 48]`` -> ``[N, 2]``, ``[N, 4]``, ``[N, 10]``."""
+
+    stage = "onet"
+
+    def __init__(self, dropout: float = 0.0, dropout_heads: str = "all") -> None:
+        """``dropout``: probability of zeroing each of the 256 shared features while training, before
+        the heads ``dropout_heads`` names (see :func:`build_net`)."""
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
+        self.prelu1 = nn.PReLU(32)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+        self.prelu2 = nn.PReLU(64)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
+        self.prelu3 = nn.PReLU(64)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dropout = nn.Dropout(dropout)
+        self.dropout_heads = _check_dropout_heads(dropout_heads)
+        self.dense6_1 = nn.Linear(256, 2)
+        self.dense6_2 = nn.Linear(256, 4)
+        self.dense6_3 = nn.Linear(256, 10)
+
+    def forward(self, pixels: torch.Tensor) -> NetOutput:
+        x = self.prelu1(self.conv1(normalize_pixels(pixels)))
+        x = self.pool1(x)
+        x = self.prelu2(self.conv2(x))
+        x = self.pool2(x)
+        x = self.prelu3(self.conv3(x))
+        x = self.pool3(x)
+        x = self.prelu4(self.conv4(x))
+        features = self.prelu5(self.dense5(x.flatten(1)))
+        dropped = self.dropout(features)
+        kept = dropped if self.dropout_heads == "all" else features
+        return NetOutput(self.dense6_1(dropped), self.dense6_2(kept), self.dense6_3(kept))
+
+
+NET_CLASSES: dict[str, type[nn.Module]] = {"pnet": PNet, "rnet": RNet, "onet": ONet}
+
+
+class MirrorAveraged(nn.Module):
+    """R-Net or O-Net run on each crop and on its left-right mirror image, the two outputs
+    averaged: ``[N, 3, S, S]`` -> logits ``[N, 2]``, box offsets ``[N, 4]``, landmarks ``[N, 10]``.
+
+    The mirror's box offsets and landmarks are mapped back by :func:`mirror_outputs` before
+    averaging, and the face logits are averaged as they are. The result is the same for a crop
+    and its mirror image (up to mirroring the outputs), which a net trained on randomly flipped
+    crops only approximates, and the errors of the two views that are not common to both partly
+    cancel. It costs a second forward pass per crop.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> NetOutput:
+        count = pixels.shape[0]
+        both = self.net(torch.cat([pixels, pixels.flip(3)]))  # both views in one call: larger, faster batches
+        box, landmarks = mirror_outputs(both.box[count:], both.landmarks[count:])
+        return NetOutput((both.logits[:count] + both.logits[count:]) / 2, (both.box[:count] + box) / 2,
+                         (both.landmarks[:count] + landmarks) / 2)
+
+
+DROPOUT_HEADS = ("all", "classification")
+
+
+def _check_dropout_heads(dropout_heads: str) -> str:
+    if dropout_heads not in DROPOUT_HEADS:
+        raise ValueError(f"dropout_heads must be one of {', '.join(DROPOUT_HEADS)}, got {dropout_heads!r}")
+    return dropout_heads
+
+
+def build_net(stage: str, dropout: float = 0.0, dropout_heads: str = "all") -> nn.Module:
+    """A freshly initialised net for ``stage`` ('pnet', 'rnet' or 'onet').
+
+    ``dropout`` (R-Net and O-Net only) acts on the features the three heads share, in training
+    mode only; it adds no weights, so checkpoints load either way. ``dropout_heads`` says which
+    heads see the dropped features: ``all`` three, or only the face ``classification`` head (the box
+    and landmark heads then regress from the whole features: dropout before a linear regression
+    head acts like a ridge penalty and shrinks its outputs).
+    """
+    if stage not in NET_CLASSES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    _check_dropout_heads(dropout_heads)
+    if stage == "pnet":
+        if dropout:
+            raise ValueError("P-Net has no dropout layer (it is fully convolutional); use dropout 0")
+        return PNet()
+    return NET_CLASSES[stage](dropout, dropout_heads)
