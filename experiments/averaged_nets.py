@@ -1,6 +1,6 @@
 """WIDER_val AP with one stage of the cascade run as the average of several nets of that stage.
 
-    python3 scripts/averaged_nets.py --stage rnet --nets a/rnet.pt b/rnet.pt --out averaged.json
+    python3 experiments/averaged_nets.py --stage rnet --nets a/rnet.pt b/rnet.pt --out averaged.json
 
 Runs the cascade of ``--weights`` (default: the shipped weights) with R-Net or O-Net replaced by
 the ``--nets`` given, each run on every crop and their face logits, box offsets and landmarks
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mtcnn.cli import add_detector_options, add_wider_val_options, detector_from_args
-from mtcnn.errors import MtcnnError
+from mtcnn import MtcnnError
 from mtcnn.model.nets import NetOutput
 from mtcnn.model.weights import load_net
-from mtcnn.eval.wider import load_ground_truth, report_wider_ap
+
+from common import add_cascade_options, add_wider_val_options, cascade, report_wider_ap
 
 
 class AveragedNets(torch.nn.Module):
@@ -41,26 +41,27 @@ class AveragedNets(torch.nn.Module):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("rnet", "onet"), required=True, help="the stage whose nets are averaged")
-    parser.add_argument("--nets", type=Path, nargs="+", required=True, metavar="FILE",
-                        help="checkpoints of that stage (this project's or the original weights)")
+    parser.add_argument(
+        "--nets",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="checkpoints of that stage (this project's or the original weights)",
+    )
     add_wider_val_options(parser)
-    parser.add_argument("--out", type=Path, default=None, help="write the AP as JSON here")
-    add_detector_options(parser, weights_help="folder with the nets of the other stages (default: the shipped "
-                         "weights)")
+    add_cascade_options(parser, "folder with the nets of the other stages (default: the shipped weights)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
-        detector = detector_from_args(args)
-        nets = [load_net(path, args.stage) for path in args.nets]
-        ground_truth = load_ground_truth(args.gt_dir)
+        averaged = AveragedNets([load_net(path, args.stage) for path in args.nets]).eval()
+        detector = cascade(args, replace={args.stage: averaged})
+        report = {"weights": str(args.weights), "stage": args.stage, "nets": [str(path) for path in args.nets]}
+        report_wider_ap(detector, args, report)
     except (MtcnnError, ValueError) as exc:  # bad paths or settings: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    nets = [net.to(detector.device, memory_format=torch.channels_last).eval() for net in nets]
-    detector.nets[args.stage] = AveragedNets(nets).eval()
-    report_wider_ap(detector, ground_truth, args.images, args.out,
-                    {"weights": str(args.weights), "stage": args.stage, "nets": [str(path) for path in args.nets]})
     return 0
 
 

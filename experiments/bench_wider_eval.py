@@ -5,28 +5,30 @@ Times reading the ground truth, reading a prediction folder and scoring it, on t
 with the reference predictions; then scoring the same images repeated up to the size of the
 official val set (3,226 images), since the kit holds only part of it. Median of several runs.
 
-    python3 scripts/bench_wider_eval.py [--kit ../shared/data] [--repeats 5]
+    python3 experiments/bench_wider_eval.py [--kit ../shared/data] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mtcnn.detect.bench import machine_description, median_seconds  # noqa: E402
-from mtcnn.eval.wider import WiderGroundTruth, evaluate_wider, load_ground_truth, read_prediction_dir  # noqa: E402
+from mtcnn.detect.bench import machine_description, median_seconds
+from mtcnn.eval.wider import evaluate_wider
+from mtcnn.eval.wider_files import WiderGroundTruth, load_ground_truth, read_prediction_dir
 
 OFFICIAL_VAL_IMAGES = 3226
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--kit", type=Path, default=Path("data"), help="folder holding widerface/ and "
-                        "reference_weights/ (default data, as linked by scripts/link_kit.sh)")
+    parser.add_argument(
+        "--kit",
+        type=Path,
+        default=Path("data"),
+        help="folder holding widerface/ and reference_weights/ (default data, as linked by scripts/link_kit.sh)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     gt_dir = args.kit / "widerface" / "eval_tools" / "ground_truth"
@@ -55,8 +57,10 @@ def main() -> int:
         seconds, _ = median_seconds(run, args.repeats)
         print(f"| {name} | {count} | {seconds:.3f} |")
     print()
-    print(f"kit WIDER_val with the reference predictions (the larger set repeats its images); median of "
-          f"{args.repeats} runs; {machine_description()}")
+    print(
+        f"kit WIDER_val with the reference predictions (the larger set repeats its images); median of "
+        f"{args.repeats} runs; {machine_description()}"
+    )
     return 0
 
 

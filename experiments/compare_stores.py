@@ -1,6 +1,6 @@
 """How sample stores cut from the same images differ: what each label holds and how hard it is.
 
-    python3 scripts/compare_stores.py runs/a/prep/onet-train runs/b/prep/onet-train \\
+    python3 experiments/compare_stores.py runs/a/prep/onet-train runs/b/prep/onet-train \\
         --judge data/reference_weights/facenet_pytorch/onet.pt
 
 For each store, per label: the count; for the samples cut from WIDER images, the best IoU of
@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcnn.train.batches import to_net_layout
-from mtcnn.ops.boxes import iou_matrix
 from mtcnn.data.readers import read_wider
+from mtcnn.data.store import SampleStore
 from mtcnn.errors import MtcnnError
-from mtcnn.data.store import LABEL_NAMES, LABEL_NEGATIVE, LABEL_POSITIVE, SampleStore
 from mtcnn.model.weights import load_net
+from mtcnn.ops.boxes import iou_matrix
+from mtcnn.spec import LABEL_NAMES, LABEL_NEGATIVE, LABEL_POSITIVE
+from mtcnn.train.batches import to_net_layout
 
 PERCENTILES = (10, 50, 90)
 #: Face probabilities at which a negative counts as taken for a face and a positive as missed.
@@ -52,13 +53,14 @@ def face_probability(net: torch.nn.Module, images: np.ndarray, chunk: int = 4096
     probabilities = [np.zeros(0, np.float32)]
     with torch.no_grad():
         for start in range(0, len(images), chunk):
-            pixels = torch.from_numpy(np.ascontiguousarray(images[start:start + chunk])).float()
+            pixels = torch.from_numpy(np.ascontiguousarray(images[start : start + chunk])).float()
             probabilities.append(torch.softmax(net(to_net_layout(pixels)).logits, dim=1)[:, 1].numpy())
     return np.concatenate(probabilities)
 
 
-def store_summary(store: SampleStore, faces: Sequence[np.ndarray],
-                  judges: Mapping[str, torch.nn.Module]) -> dict[str, dict[str, object]]:
+def store_summary(
+    store: SampleStore, faces: Sequence[np.ndarray], judges: Mapping[str, torch.nn.Module]
+) -> dict[str, dict[str, object]]:
     """Per label name: ``count``; for WIDER samples ``iou`` and ``side`` percentiles (lists in the
     order of :data:`PERCENTILES`); per judge, the share of negatives it scores at or above each of
     :data:`JUDGE_THRESHOLDS` and the share of positives below them."""
@@ -76,8 +78,10 @@ def store_summary(store: SampleStore, faces: Sequence[np.ndarray],
         if label in (LABEL_NEGATIVE, LABEL_POSITIVE) and chosen.any():
             for judge_name, net in judges.items():
                 probability = face_probability(net, store.images[chosen])
-                row[judge_name] = [float(np.mean(probability >= t) if label == LABEL_NEGATIVE else
-                                         np.mean(probability < t)) for t in JUDGE_THRESHOLDS]
+                row[judge_name] = [
+                    float(np.mean(probability >= t) if label == LABEL_NEGATIVE else np.mean(probability < t))
+                    for t in JUDGE_THRESHOLDS
+                ]
         summary[name] = row
     return summary
 
@@ -88,13 +92,27 @@ def _format(values: object, digits: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("stores", type=Path, nargs="+", metavar="STORE", help="sample store folders (with the "
-                        "origin and window arrays that mtcnn prep writes)")
-    parser.add_argument("--annotations", type=Path, default=None, help="the WIDER FACE *_bbx_gt.txt the stores "
-                        "were cut from (default: the one in each store's manifest)")
-    parser.add_argument("--judge", type=Path, action="append", default=[], metavar="FILE",
-                        help="a net of the stores' stage that scores the negatives and positives (repeat "
-                        "for several)")
+    parser.add_argument(
+        "stores",
+        type=Path,
+        nargs="+",
+        metavar="STORE",
+        help="sample store folders (with the origin and window arrays that mtcnn prep writes)",
+    )
+    parser.add_argument(
+        "--annotations",
+        type=Path,
+        default=None,
+        help="the WIDER FACE *_bbx_gt.txt the stores were cut from (default: the one in each store's manifest)",
+    )
+    parser.add_argument(
+        "--judge",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a net of the stores' stage that scores the negatives and positives (repeat for several)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -121,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path, summary in zip(args.stores, summaries):
         print(f"== {path}")
         for name, row in summary.items():
-            line = (f"{name:9s} {row['count']:>9,d}  IoU p{percentiles} {_format(row.get('iou'), 3):21s}"
-                    f"  side {_format(row.get('side'), 1)}")
+            line = (
+                f"{name:9s} {row['count']:>9,d}  IoU p{percentiles} {_format(row.get('iou'), 3):21s}"
+                f"  side {_format(row.get('side'), 1)}"
+            )
             for judge_name in judges:
                 if judge_name in row:
                     what = "taken for faces" if name == "negative" else "missed"

@@ -1,6 +1,6 @@
 """How far O-Nets move the windows R-Net passes toward the faces, by how well the windows fit.
 
-    python3 scripts/onet_box_bands.py --onet ours=mtcnn/weights/onet.pt \
+    python3 experiments/onet_box_bands.py --onet ours=mtcnn/weights/onet.pt \
         --onet original=data/reference_weights/facenet_pytorch/onet.pt --images 300
 
 Runs P-Net and R-Net of ``--weights`` over WIDER_val images, squares R-Net's boxes as the
@@ -32,13 +32,17 @@ import numpy as np
 import torch
 
 from mtcnn.atomic import write_json_atomic
-from mtcnn.ops.boxes import apply_box_offsets, box_offsets, crop_and_resize, integral_image, iou_matrix, square_boxes
-from mtcnn.cli import add_detector_options, detector_from_args
 from mtcnn.data.readers import WiderImage, read_wider
-from mtcnn.errors import MtcnnError
+from mtcnn.data.samples import box_targets
 from mtcnn.detect.inputs import to_pixel_tensor
-from mtcnn.model.nets import INPUT_SIZES, MirrorAveraged
+from mtcnn.errors import MtcnnError
+from mtcnn.model.nets import MirrorAveraged
 from mtcnn.model.weights import load_net
+from mtcnn.ops.boxes import apply_box_offsets, iou_matrix, square_boxes
+from mtcnn.ops.resample import crop_and_resize, integral_image
+from mtcnn.spec import INPUT_SIZES
+
+from common import add_cascade_options, cascade
 
 log = logging.getLogger("onet_box_bands")
 
@@ -52,7 +56,7 @@ class BandStats:
     windows: int
     window_iou: float
     refined_iou: float
-    found: float        # share of regressed boxes with IoU >= 0.5
+    found: float  # share of regressed boxes with IoU >= 0.5
     correction: float
     box_mse: float
 
@@ -73,10 +77,14 @@ def band_stats(window_iou: np.ndarray, target: np.ndarray, offsets: np.ndarray, 
     """How ``offsets`` ``[N, 4]`` match the ``target`` offsets ``[N, 4]`` of windows whose IoU
     with their faces is ``window_iou`` ``[N]`` before regression and ``refined_iou`` ``[N]`` after."""
     needed = float((target * target).sum())
-    return BandStats(windows=len(window_iou), window_iou=float(window_iou.mean()),
-                     refined_iou=float(refined_iou.mean()), found=float((refined_iou >= 0.5).mean()),
-                     correction=float((offsets * target).sum()) / needed if needed > 0 else float("nan"),
-                     box_mse=float(((offsets - target) ** 2).mean()))
+    return BandStats(
+        windows=len(window_iou),
+        window_iou=float(window_iou.mean()),
+        refined_iou=float(refined_iou.mean()),
+        found=float((refined_iou >= 0.5).mean()),
+        correction=float((offsets * target).sum()) / needed if needed > 0 else float("nan"),
+        box_mse=float(((offsets - target) ** 2).mean()),
+    )
 
 
 def band_table(collected: Windows, bands: Mapping[str, tuple[float, float]] = BANDS) -> dict[str, dict[str, BandStats]]:
@@ -85,14 +93,21 @@ def band_table(collected: Windows, bands: Mapping[str, tuple[float, float]] = BA
     for band, (low, high) in bands.items():
         members = (collected.iou >= low) & (collected.iou < high)
         if members.any():
-            table[band] = {name: band_stats(collected.iou[members], collected.target[members], offsets[members],
-                                            collected.refined_iou[name][members])
-                           for name, offsets in collected.offsets.items()}
+            table[band] = {
+                name: band_stats(
+                    collected.iou[members],
+                    collected.target[members],
+                    offsets[members],
+                    collected.refined_iou[name][members],
+                )
+                for name, offsets in collected.offsets.items()
+            }
     return table
 
 
-def measure_windows(windows: torch.Tensor, faces: np.ndarray, crops: torch.Tensor,
-                    onets: Mapping[str, torch.nn.Module]) -> Windows:
+def measure_windows(
+    windows: torch.Tensor, faces: np.ndarray, crops: torch.Tensor, onets: Mapping[str, torch.nn.Module]
+) -> Windows:
     """One image: square ``windows`` ``[N, 4]``, its valid faces ``[K, 4]`` (K >= 1) and the
     windows' O-Net crops ``[N, 3, 48, 48]``."""
     boxes = windows.float().cpu()
@@ -105,7 +120,7 @@ def measure_windows(windows: torch.Tensor, faces: np.ndarray, crops: torch.Tenso
         predicted = onet(crops).box.float().cpu()
         offsets[name] = predicted.numpy()
         refined_iou[name] = iou_matrix(apply_box_offsets(boxes, predicted).numpy(), faces)[rows, match]
-    return Windows(overlap[rows, match], box_offsets(boxes, matched).numpy(), offsets, refined_iou)
+    return Windows(overlap[rows, match], box_targets(boxes.numpy(), matched.numpy()), offsets, refined_iou)
 
 
 def collect_windows(detector, onets: Mapping[str, torch.nn.Module], images: Sequence[WiderImage]) -> Windows:
@@ -131,18 +146,25 @@ def collect_windows(detector, onets: Mapping[str, torch.nn.Module], images: Sequ
             per_image.append(measure_windows(windows, valid, crops, onets))
     if not per_image:
         raise MtcnnError("R-Net passed no window on these images, or they have no valid face")
-    return Windows(np.concatenate([w.iou for w in per_image]), np.concatenate([w.target for w in per_image]),
-                   {name: np.concatenate([w.offsets[name] for w in per_image]) for name in onets},
-                   {name: np.concatenate([w.refined_iou[name] for w in per_image]) for name in onets})
+    return Windows(
+        np.concatenate([w.iou for w in per_image]),
+        np.concatenate([w.target for w in per_image]),
+        {name: np.concatenate([w.offsets[name] for w in per_image]) for name in onets},
+        {name: np.concatenate([w.refined_iou[name] for w in per_image]) for name in onets},
+    )
 
 
 def format_table(table: Mapping[str, Mapping[str, BandStats]]) -> str:
-    lines = [f"{'band':<10} {'O-Net':<12} {'windows':>8} {'window IoU':>10} {'refined IoU':>11} {'>= 0.5':>7} "
-             f"{'correction':>10} {'box MSE':>8}"]
+    lines = [
+        f"{'band':<10} {'O-Net':<12} {'windows':>8} {'window IoU':>10} {'refined IoU':>11} {'>= 0.5':>7} "
+        f"{'correction':>10} {'box MSE':>8}"
+    ]
     for band, per_net in table.items():
         for name, stats in per_net.items():
-            lines.append(f"{band:<10} {name:<12} {stats.windows:>8} {stats.window_iou:>10.3f} {stats.refined_iou:>11.3f} "
-                         f"{stats.found:>7.3f} {stats.correction:>10.3f} {stats.box_mse:>8.4f}")
+            lines.append(
+                f"{band:<10} {name:<12} {stats.windows:>8} {stats.window_iou:>10.3f} {stats.refined_iou:>11.3f} "
+                f"{stats.found:>7.3f} {stats.correction:>10.3f} {stats.box_mse:>8.4f}"
+            )
     return "\n".join(lines)
 
 
@@ -156,22 +178,32 @@ def parse_named_path(text: str) -> tuple[str, Path]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onet", type=parse_named_path, action="append", required=True, metavar="NAME=PATH",
-                        help="an O-Net to measure (repeat to compare)")
-    parser.add_argument("--annotations", type=Path, default=Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt"))
+    parser.add_argument(
+        "--onet",
+        type=parse_named_path,
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="an O-Net to measure (repeat to compare)",
+    )
+    parser.add_argument(
+        "--annotations", type=Path, default=Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt")
+    )
     parser.add_argument("--images-dir", type=Path, default=Path("data/widerface/WIDER_val/images"))
-    parser.add_argument("--images", type=int, default=None, metavar="N",
-                        help="use N images spread evenly over the list (default: all)")
+    parser.add_argument(
+        "--images", type=int, default=None, metavar="N", help="use N images spread evenly over the list (default: all)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the table as JSON here")
-    add_detector_options(parser, weights_help="folder with the pnet.pt and rnet.pt whose windows are measured "
-                         "(default: the shipped weights)")
+    add_cascade_options(
+        parser, "folder with the pnet.pt and rnet.pt whose windows are measured (default: the shipped weights)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
         if args.images is not None and args.images < 1:
             raise MtcnnError(f"--images must be at least 1, got {args.images}")
-        detector = detector_from_args(args)
+        detector = cascade(args)
         onets = {name: load_net(path, "onet").to(detector.device).eval() for name, path in args.onet}
         if args.mirror_onet:  # each O-Net as the cascade runs it
             onets = {name: MirrorAveraged(net) for name, net in onets.items()}

@@ -1,6 +1,6 @@
 """WIDER_val AP with an O-Net whose face scores come from one net and whose boxes from another.
 
-    python3 scripts/onet_head_swap.py --weights DIR --boxes-from OTHER/onet.pt --out swap.json
+    python3 experiments/onet_head_swap.py --weights DIR --boxes-from OTHER/onet.pt --out swap.json
 
 Runs the cascade of ``--weights`` (P-Net, R-Net and the O-Net that scores the faces) but takes
 O-Net's box and landmark outputs from ``--boxes-from``, then scores WIDER_val by the official
@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from mtcnn.cli import add_detector_options, add_wider_val_options, detector_from_args
-from mtcnn.errors import MtcnnError
+from mtcnn import MtcnnError
 from mtcnn.model.nets import NetOutput
-from mtcnn.model.weights import load_net
-from mtcnn.eval.wider import load_ground_truth, report_wider_ap
+from mtcnn.model.weights import load_net, resolve_weight_files
+
+from common import add_cascade_options, add_wider_val_options, cascade, report_wider_ap
 
 
 class SwappedHeads(torch.nn.Module):
@@ -46,23 +46,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--boxes-from", type=Path, required=True, help="the O-Net giving boxes and landmarks")
     add_wider_val_options(parser)
-    parser.add_argument("--out", type=Path, default=None, help="write the AP as JSON here")
-    add_detector_options(parser, weights_help="folder with pnet.pt, rnet.pt and the O-Net giving the face "
-                         "scores (default: the shipped weights)")
+    add_cascade_options(
+        parser, "folder with pnet.pt, rnet.pt and the O-Net giving the face scores (default: the shipped weights)"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
-        detector = detector_from_args(args)
-        box_net = load_net(args.boxes_from, "onet")
-        ground_truth = load_ground_truth(args.gt_dir)
+        score_net = load_net(resolve_weight_files(args.weights)["onet"], "onet")
+        swapped = SwappedHeads(score_net, load_net(args.boxes_from, "onet")).eval()
+        report_wider_ap(
+            cascade(args, replace={"onet": swapped}),
+            args,
+            {"weights": str(args.weights), "boxes_from": str(args.boxes_from)},
+        )
     except (MtcnnError, ValueError) as exc:  # bad paths or settings: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    box_net = box_net.to(detector.device, memory_format=torch.channels_last).eval()
-    detector.nets["onet"] = SwappedHeads(detector.nets["onet"], box_net).eval()
-    report_wider_ap(detector, ground_truth, args.images, args.out,
-                    {"weights": str(args.weights), "boxes_from": str(args.boxes_from)})
     return 0
 
 

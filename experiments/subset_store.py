@@ -1,6 +1,6 @@
 """A sample store cut down to a random share of the images and landmark faces it came from.
 
-    python3 scripts/subset_store.py runs/prep/onet-train runs/prep/onet-train-quarter \\
+    python3 experiments/subset_store.py runs/prep/onet-train runs/prep/onet-train-quarter \\
         --wider-fraction 0.25
 
 Keeps every sample of the chosen WIDER images and landmark faces (the store's ``origin`` array
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcnn.errors import MtcnnError
 from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER
 from mtcnn.data.store import MANIFEST_NAME, SampleStore, write_store
+from mtcnn.errors import MtcnnError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,9 @@ def input_total(manifest: dict, origin_max: int, source: int) -> int:
     return int(manifest.get("sources", {}).get(SOURCE_COUNT_KEYS[source], origin_max + 1))
 
 
-def choose_subset(store: SampleStore, wider_fraction: float, landmark_fraction: float,
-                  seed: int) -> dict[int, np.ndarray]:
+def choose_subset(
+    store: SampleStore, wider_fraction: float, landmark_fraction: float, seed: int
+) -> dict[int, np.ndarray]:
     """``{source code: sorted chosen indices}``: a random share of the store's WIDER images and of
     its landmark faces."""
     origin = store.extra("origin")
@@ -69,8 +70,7 @@ def choose_subset(store: SampleStore, wider_fraction: float, landmark_fraction: 
     return chosen
 
 
-def subset_store(store: SampleStore, out: Path, chosen: dict[int, np.ndarray],
-                 record: dict | None = None) -> dict:
+def subset_store(store: SampleStore, out: Path, chosen: dict[int, np.ndarray], record: dict | None = None) -> dict:
     """Write the samples of ``store`` that come from the ``chosen`` inputs (``{source code:
     indices}``) into a new one-shard store at ``out``, in their order, the manifest last;
     ``record`` goes into the manifest's ``subset`` beside the chosen indices. Returns the new
@@ -81,11 +81,22 @@ def subset_store(store: SampleStore, out: Path, chosen: dict[int, np.ndarray],
     if not keep.any():
         raise MtcnnError(f"{store.path}: no sample comes from the chosen inputs; raise the fractions")
     manifest = {key: value for key, value in store.manifest.items() if key not in STRUCTURAL_KEYS}
-    manifest["subset"] = {"of": str(store.path), **(record or {}),
-                          "wider_images": chosen.get(SOURCE_WIDER, np.zeros(0, int)).tolist(),
-                          "landmark_faces": chosen.get(SOURCE_LANDMARKS, np.zeros(0, int)).tolist()}
-    write_store(out, store.stage, store.images[keep], store.labels[keep], store.boxes[keep], store.landmarks[keep],
-                manifest, extras={name: store.extra(name)[keep] for name in store.manifest.get("extras", [])})
+    manifest["subset"] = {
+        "of": str(store.path),
+        **(record or {}),
+        "wider_images": chosen.get(SOURCE_WIDER, np.zeros(0, int)).tolist(),
+        "landmark_faces": chosen.get(SOURCE_LANDMARKS, np.zeros(0, int)).tolist(),
+    }
+    write_store(
+        out,
+        store.stage,
+        store.images[keep],
+        store.labels[keep],
+        store.boxes[keep],
+        store.landmarks[keep],
+        manifest,
+        extras={name: store.extra(name)[keep] for name in store.manifest.get("extras", [])},
+    )
     return SampleStore.open(out).manifest
 
 
@@ -93,24 +104,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("store", type=Path, help="a sample store folder written by mtcnn prep")
     parser.add_argument("out", type=Path, help="folder for the new store")
-    parser.add_argument("--wider-fraction", type=float, required=True, metavar="F",
-                        help="share of the WIDER images whose samples are kept, in (0, 1]")
-    parser.add_argument("--landmark-fraction", type=float, default=1.0, metavar="F",
-                        help="share of the landmark faces whose samples are kept (default 1: all)")
+    parser.add_argument(
+        "--wider-fraction",
+        type=float,
+        required=True,
+        metavar="F",
+        help="share of the WIDER images whose samples are kept, in (0, 1]",
+    )
+    parser.add_argument(
+        "--landmark-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="share of the landmark faces whose samples are kept (default 1: all)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="picks which images and faces (default 0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         store = SampleStore.open(args.store)
         chosen = choose_subset(store, args.wider_fraction, args.landmark_fraction, args.seed)
-        manifest = subset_store(store, args.out, chosen, {"seed": args.seed, "wider_fraction": args.wider_fraction,
-                                                          "landmark_fraction": args.landmark_fraction})
+        manifest = subset_store(
+            store,
+            args.out,
+            chosen,
+            {"seed": args.seed, "wider_fraction": args.wider_fraction, "landmark_fraction": args.landmark_fraction},
+        )
     except (MtcnnError, OSError, ValueError) as exc:  # bad paths, arrays or fractions: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{count:,d} {name}" for name, count in manifest["counts"].items())
-    log.info("%s: %s samples (%s) from %d WIDER images and %d landmark faces", args.out, f"{manifest['count']:,d}",
-             counts, len(manifest["subset"]["wider_images"]), len(manifest["subset"]["landmark_faces"]))
+    log.info(
+        "%s: %s samples (%s) from %d WIDER images and %d landmark faces",
+        args.out,
+        f"{manifest['count']:,d}",
+        counts,
+        len(manifest["subset"]["wider_images"]),
+        len(manifest["subset"]["landmark_faces"]),
+    )
     return 0
 
 

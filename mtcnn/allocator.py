@@ -66,7 +66,7 @@ def _glibc_mallopt() -> Callable[[int, int], int] | None:
         # run ldconfig or a compiler in a subprocess on every command's start.
         libc = ctypes.CDLL(None)
         # gnu_get_libc_version exists only in glibc: musl also has a mallopt, which does nothing.
-        libc.gnu_get_libc_version
+        _ = libc.gnu_get_libc_version
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return None

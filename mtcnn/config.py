@@ -31,6 +31,7 @@ import yaml
 
 from mtcnn.atomic import write_text_atomic
 from mtcnn.errors import ConfigError
+from mtcnn.spec import OPTIMIZER_NAMES, SCHEDULE_NAMES, STAGES, TRAIN_METRICS
 
 T = TypeVar("T")
 
@@ -42,21 +43,32 @@ class _Loader(yaml.SafeLoader):
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                   |[-+]?\.(?:inf|Inf|INF)
-                  |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                  |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def setting(default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None,
-            low_open: bool = False, choices: Sequence[Any] | None = None, doc: str = "",
-            default_factory: Any = dataclasses.MISSING) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    choices: Sequence[Any] | None = None,
+    doc: str = "",
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
     """A dataclass field with a range (``low`` <= value <= ``high``; ``low_open`` makes it ``>``),
     a set of ``choices`` and a one-line ``doc``, all checked by :func:`load_config`."""
     metadata = {"low": low, "high": high, "low_open": low_open, "choices": choices, "doc": doc}
@@ -204,7 +216,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             if child is None:
                 child = node[key] = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(keys[:i + 1])} is a value, not a section")
+                raise ConfigError(f"override {text!r}: {'.'.join(keys[: i + 1])} is a value, not a section")
             node = child
         node[keys[-1]] = value
     return data
@@ -264,24 +276,98 @@ def write_config(config: Any, path: str | Path) -> None:
 class DataConfig:
     """Where the datasets are. Relative paths are relative to the working directory."""
 
-    wider_train_images: Path = setting(Path("data/widerface/WIDER_train/images"),
-                                       doc="WIDER FACE training images folder")
-    wider_train_annotations: Path = setting(Path("data/widerface/wider_face_split/wider_face_train_bbx_gt.txt"),
-                                            doc="WIDER FACE training boxes (*_bbx_gt.txt)")
+    wider_train_images: Path = setting(
+        Path("data/widerface/WIDER_train/images"), doc="WIDER FACE training images folder"
+    )
+    wider_train_annotations: Path = setting(
+        Path("data/widerface/wider_face_split/wider_face_train_bbx_gt.txt"),
+        doc="WIDER FACE training boxes (*_bbx_gt.txt)",
+    )
     wider_val_images: Path = setting(Path("data/widerface/WIDER_val/images"), doc="WIDER FACE validation images")
-    wider_val_annotations: Path = setting(Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt"),
-                                          doc="WIDER FACE validation boxes")
-    landmark_train_list: Path = setting(Path("data/landmarks/trainImageList.txt"),
-                                        doc="CNN_FacePoint-format landmark list for training")
-    landmark_val_list: Path = setting(Path("data/landmarks/testImageList.txt"),
-                                      doc="CNN_FacePoint-format landmark list for validation")
+    wider_val_annotations: Path = setting(
+        Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt"), doc="WIDER FACE validation boxes"
+    )
+    landmark_train_list: Path = setting(
+        Path("data/landmarks/trainImageList.txt"), doc="CNN_FacePoint-format landmark list for training"
+    )
+    landmark_val_list: Path = setting(
+        Path("data/landmarks/testImageList.txt"), doc="CNN_FacePoint-format landmark list for validation"
+    )
+
+
+# ------------------------------------------------------------------------------ optimizers and schedules
+
+#: Optimizer-specific settings each optimizer takes, with their defaults (None: torch's own);
+#: ``mtcnn.train.optim`` pairs them with the torch classes.
+OPTIMIZER_SETTINGS: dict[str, dict[str, Any]] = {
+    "sgd": {},
+    "momentum": {"momentum": 0.9},
+    "nesterov": {"momentum": 0.9},
+    "adagrad": {"eps": None},
+    "rmsprop": {"alpha": None, "eps": None, "momentum": None},
+    "adam": {"betas": None, "eps": None},
+    "adamw": {"betas": None, "eps": None},
+}
+#: Settings an optimizer needs > 0 when they are set: momentum is what these two names mean.
+POSITIVE_SETTINGS = {"momentum": ("momentum",), "nesterov": ("momentum",)}
+#: Settings every optimizer takes.
+COMMON_SETTINGS = ("lr", "weight_decay")
+#: Settings each schedule takes, with their defaults (None: required).
+SCHEDULE_SETTINGS: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "step": {"step_epochs": None, "gamma": 0.1},
+    "multistep": {"milestones": None, "gamma": 0.1},
+    "exponential": {"gamma": 0.9},
+    "cosine": {"min_lr_factor": 0.0},
+    "plateau": {"gamma": 0.1, "patience": 2, "threshold": 1e-4},
+}
+#: Settings every schedule takes.
+WARMUP_SETTINGS = ("warmup_steps", "warmup_start_factor")
+
+
+def check_optimizer_settings(name: str, settings: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming the setting if ``name`` does not take one of ``settings``
+    (those that are not ``None``) or if a setting it needs positive is not."""
+    if name not in OPTIMIZER_SETTINGS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
+    takes_settings = OPTIMIZER_SETTINGS[name]
+    for key, value in settings.items():
+        if value is None or key in COMMON_SETTINGS:
+            continue
+        if key not in takes_settings:
+            takes = ", ".join((*COMMON_SETTINGS, *takes_settings))
+            raise ValueError(
+                f"optimizer {name!r} does not take {key!r} (it takes {takes}); remove it or set it to null"
+            )
+    for key in POSITIVE_SETTINGS.get(name, ()):
+        value = settings.get(key)
+        if value is not None and not value > 0:
+            raise ValueError(f"optimizer {name!r} needs {key} > 0, got {value}")
+
+
+def check_schedule_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The full settings of schedule ``name`` (defaults filled in); ``ValueError`` for a setting
+    it does not take or a required one missing."""
+    if name not in SCHEDULE_SETTINGS:
+        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
+    takes_settings = SCHEDULE_SETTINGS[name]
+    for key, value in settings.items():
+        if value is not None and key not in takes_settings and key not in WARMUP_SETTINGS:
+            takes = ", ".join((*takes_settings, *WARMUP_SETTINGS))
+            raise ValueError(f"schedule {name!r} does not take {key!r} (it takes {takes}); remove it or set it to null")
+    resolved = {}
+    for key, default in takes_settings.items():
+        value = settings.get(key)
+        if value is None and default is None:
+            raise ValueError(f"schedule {name!r} needs {key!r}")
+        resolved[key] = default if value is None else value
+    if name == "multistep" and list(resolved["milestones"]) != sorted(resolved["milestones"]):
+        raise ValueError(f"schedule 'multistep' needs increasing milestones, got {list(resolved['milestones'])}")
+    return resolved
 
 
 # ------------------------------------------------------------------------------ the train section
 
-#: Metrics a run can keep its best checkpoint by; the errors and losses are minimised.
-TRAIN_METRICS = ("val_loss", "val_accuracy", "val_recall", "val_precision", "val_f1", "val_box_error",
-                 "val_landmark_error", "train_loss")
 #: Task weights (classification, box, landmark) of the paper per stage.
 DEFAULT_TASK_WEIGHTS = {"pnet": (1.0, 0.5, 0.5), "rnet": (1.0, 0.5, 0.5), "onet": (1.0, 0.5, 1.0)}
 
@@ -294,20 +380,21 @@ class OptimConfig:
     optimizer does not take (``momentum`` with ``adam``) is an error.
     """
 
-    name: str = setting("momentum", choices=("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"),
-                        doc="optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
+    name: str = setting(
+        "momentum", choices=OPTIMIZER_NAMES, doc="optimizer: sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw"
+    )
     lr: float = setting(0.01, low=0.0, low_open=True, doc="base learning rate")
     weight_decay: float = setting(0.0005, low=0.0, doc="L2 penalty (decoupled for adamw); not on 1-D params")
-    momentum: float | None = setting(None, low=0.0, high=1.0,
-                                     doc="momentum, nesterov (> 0, default 0.9), rmsprop (default 0)")
-    betas: tuple[float, float] | None = setting(None, low=0.0, high=1.0,
-                                                doc="adam, adamw: moment decay rates (default 0.9, 0.999)")
+    momentum: float | None = setting(
+        None, low=0.0, high=1.0, doc="momentum, nesterov (> 0, default 0.9), rmsprop (default 0)"
+    )
+    betas: tuple[float, float] | None = setting(
+        None, low=0.0, high=1.0, doc="adam, adamw: moment decay rates (default 0.9, 0.999)"
+    )
     eps: float | None = setting(None, low=0.0, low_open=True, doc="adagrad, rmsprop, adam, adamw: denominator term")
     alpha: float | None = setting(None, low=0.0, high=1.0, doc="rmsprop: squared-gradient decay (default 0.99)")
 
     def __post_init__(self) -> None:
-        from mtcnn.train.optim import check_optimizer_settings
-
         check_optimizer_settings(self.name, self.specific_settings())
 
     def specific_settings(self) -> dict[str, Any]:
@@ -324,13 +411,20 @@ class ScheduleConfig:
     an error.
     """
 
-    name: str = setting("cosine", choices=("constant", "step", "multistep", "exponential", "cosine", "plateau"),
-                        doc="constant, step, multistep, exponential, cosine or plateau")
+    name: str = setting(
+        "cosine", choices=SCHEDULE_NAMES, doc="constant, step, multistep, exponential, cosine or plateau"
+    )
     warmup_steps: int = setting(0, low=0, doc="optimizer steps of linear warm-up (0: none)")
-    warmup_start_factor: float = setting(0.1, low=0.0, high=1.0, low_open=True,
-                                         doc="warm-up starts at this fraction of the rate")
-    gamma: float | None = setting(None, low=0.0, high=1.0, low_open=True,
-                                  doc="step, multistep, plateau: factor per decay (0.1); exponential: per epoch (0.9)")
+    warmup_start_factor: float = setting(
+        0.1, low=0.0, high=1.0, low_open=True, doc="warm-up starts at this fraction of the rate"
+    )
+    gamma: float | None = setting(
+        None,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        doc="step, multistep, plateau: factor per decay (0.1); exponential: per epoch (0.9)",
+    )
     step_epochs: int | None = setting(None, low=1, doc="step: epochs between decays")
     milestones: tuple[int, ...] | None = setting(None, low=1, doc="multistep: epochs at which the rate decays")
     min_lr_factor: float | None = setting(None, low=0.0, high=1.0, doc="cosine: final rate as a fraction (0)")
@@ -338,8 +432,6 @@ class ScheduleConfig:
     threshold: float | None = setting(None, low=0.0, doc="plateau: relative improvement that counts (1e-4)")
 
     def __post_init__(self) -> None:
-        from mtcnn.train.optim import check_schedule_settings
-
         check_schedule_settings(self.name, self.specific_settings())
 
     def specific_settings(self) -> dict[str, Any]:
@@ -353,9 +445,11 @@ class LossConfig:
     """The three-part loss: classification with hard example mining, box and landmark regression."""
 
     task_weights: tuple[float, float, float] | None = setting(
-        None, low=0.0, doc="weights of classification, box, landmark; null: the paper's (P, R 1/0.5/0.5; O 1/0.5/1)")
-    ohem_keep: float = setting(0.7, low=0.0, high=1.0, low_open=True,
-                               doc="fraction of the hardest classification losses kept per batch")
+        None, low=0.0, doc="weights of classification, box, landmark; null: the paper's (P, R 1/0.5/0.5; O 1/0.5/1)"
+    )
+    ohem_keep: float = setting(
+        0.7, low=0.0, high=1.0, low_open=True, doc="fraction of the hardest classification losses kept per batch"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,10 +485,12 @@ class TrainConfig:
     validate: bool = setting(True, doc="validate every epoch on val_store")
     out_dir: Path | None = setting(None, doc="run folder (checkpoints, TensorBoard); null: runs/train/<stage>")
     init_weights: Path | None = setting(
-        None, doc="start from these weights: a checkpoint, an original file, or 'shipped' (the package's own)")
+        None, doc="start from these weights: a checkpoint, an original file, or 'shipped' (the package's own)"
+    )
     epochs: int = setting(20, low=1, doc="passes over the training data")
     batch_size: int | Literal["full"] = setting(
-        384, low=1, doc="1: stochastic GD, N: mini-batch, full: full-batch GD over the whole store")
+        384, low=1, doc="1: stochastic GD, N: mini-batch, full: full-batch GD over the whole store"
+    )
     steps_per_epoch: int | None = setting(None, low=1, doc="mini-batch steps per epoch; null: store size / batch")
     chunk_size: int = setting(8192, low=1, doc="samples per forward pass in full-batch mode and validation")
     optim: OptimConfig = setting(default_factory=OptimConfig)
@@ -403,26 +499,35 @@ class TrainConfig:
     ratio: RatioConfig = setting(default_factory=RatioConfig)
     augment: AugmentConfig = setting(default_factory=AugmentConfig)
     grad_clip_norm: float | None = setting(None, low=0.0, low_open=True, doc="clip the gradient norm (null: no)")
-    dropout: float = setting(0.0, low=0.0, high=0.9,
-                             doc="R-Net, O-Net: dropout on the features the heads share (P-Net: 0)")
-    dropout_heads: str = setting("all", choices=("all", "classification"),
-                                 doc="heads fed the dropped features: all, or classification only")
+    dropout: float = setting(
+        0.0, low=0.0, high=0.9, doc="R-Net, O-Net: dropout on the features the heads share (P-Net: 0)"
+    )
+    dropout_heads: str = setting(
+        "all", choices=("all", "classification"), doc="heads fed the dropped features: all, or classification only"
+    )
     amp: bool = setting(True, doc="mixed precision on CUDA (ignored on the CPU)")
     amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
     store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")
     best_metric: str = setting("val_loss", choices=TRAIN_METRICS, doc="metric choosing the best checkpoint")
-    best_from_epoch: int = setting(1, low=1, doc="first epoch that may become best.pt (a noisy metric at a "
-                                                 "high rate can pick an undertrained net); the last always may")
-    early_stop_patience: int | None = setting(None, low=1,
-                                              doc="stop after this many epochs without a better best_metric")
+    best_from_epoch: int = setting(
+        1,
+        low=1,
+        doc="first epoch that may become best.pt (a noisy metric at a "
+        "high rate can pick an undertrained net); the last always may",
+    )
+    early_stop_patience: int | None = setting(
+        None, low=1, doc="stop after this many epochs without a better best_metric"
+    )
     seed: int = setting(0, low=0, doc="seeds the initial weights, batch order and augmentation")
     log_every_steps: int = setting(50, low=1, doc="steps between TensorBoard scalars")
     val_image_count: int = setting(16, low=0, doc="validation crops drawn into TensorBoard each epoch")
 
     def __post_init__(self) -> None:
         if not self.validate and self.best_metric != "train_loss":
-            raise ValueError(f"best_metric {self.best_metric!r} needs validate: true; with validate: false "
-                             "use best_metric: train_loss")
+            raise ValueError(
+                f"best_metric {self.best_metric!r} needs validate: true; with validate: false "
+                "use best_metric: train_loss"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,16 +538,22 @@ class RandomCropConfig:
     negatives_per_image: int = setting(50, low=0, doc="random negative squares sought anywhere in each image")
     negatives_near_face: int = setting(5, low=0, doc="tries per face for a negative square overlapping it a little")
     crops_per_face: int = setting(20, low=0, doc="jittered squares tried per face, labelled positive or part by IoU")
-    centre_jitter: float = setting(0.2, low=0.0, high=1.0,
-                                   doc="largest shift of a jittered square's centre, in face widths/heights")
-    size_range: tuple[float, float] = setting((0.8, 1.25), low=0.0, low_open=True,
-                                              doc="jittered side from low x shorter face side to high x longer side")
-    negative_max_fraction: float = setting(0.5, low=0.0, high=1.0, low_open=True,
-                                           doc="largest negative side, as a fraction of the image's shorter side")
+    centre_jitter: float = setting(
+        0.2, low=0.0, high=1.0, doc="largest shift of a jittered square's centre, in face widths/heights"
+    )
+    size_range: tuple[float, float] = setting(
+        (0.8, 1.25), low=0.0, low_open=True, doc="jittered side from low x shorter face side to high x longer side"
+    )
+    negative_max_fraction: float = setting(
+        0.5, low=0.0, high=1.0, low_open=True, doc="largest negative side, as a fraction of the image's shorter side"
+    )
     negative_rounds: int = setting(4, low=1, doc="rounds of drawing random negatives in crowded images")
-    negative_sizes: str = setting("uniform", choices=("uniform", "log"),
-                                  doc="how random negative sides are drawn between the crop size and the largest: "
-                                      "uniform, or log-uniform (more small squares, as in a detection pyramid)")
+    negative_sizes: str = setting(
+        "uniform",
+        choices=("uniform", "log"),
+        doc="how random negative sides are drawn between the crop size and the largest: "
+        "uniform, or log-uniform (more small squares, as in a detection pyramid)",
+    )
 
     def __post_init__(self) -> None:
         if self.size_range[0] > self.size_range[1]:
@@ -456,14 +567,20 @@ class LandmarkCropConfig:
 
     crops_per_face: int = setting(10, low=0, doc="jittered squares tried per landmark face")
     min_iou: float = setting(0.65, low=0.0, high=1.0, doc="a crop is kept when its IoU with the face is above this")
-    centre_jitter: float = setting(0.2, low=0.0, high=1.0,
-                                   doc="largest shift of a crop's centre, as a fraction of face width/height")
-    size_range: tuple[float, float] = setting((0.8, 1.25), low=0.0, low_open=True,
-                                              doc="crop side from low x shorter face side to high x longer side")
-    inside_image: bool = setting(True, doc="keep only crops inside the image; false: crops crossing the border "
-                                           "are zero-padded, as the detector pads boxes at the border")
-    mirror_probability: float = setting(0.5, low=0.0, high=1.0,
-                                        doc="chance a crop is mirrored (points mirrored, left/right swapped)")
+    centre_jitter: float = setting(
+        0.2, low=0.0, high=1.0, doc="largest shift of a crop's centre, as a fraction of face width/height"
+    )
+    size_range: tuple[float, float] = setting(
+        (0.8, 1.25), low=0.0, low_open=True, doc="crop side from low x shorter face side to high x longer side"
+    )
+    inside_image: bool = setting(
+        True,
+        doc="keep only crops inside the image; false: crops crossing the border "
+        "are zero-padded, as the detector pads boxes at the border",
+    )
+    mirror_probability: float = setting(
+        0.5, low=0.0, high=1.0, doc="chance a crop is mirrored (points mirrored, left/right swapped)"
+    )
     rotate_probability: float = setting(0.5, low=0.0, high=1.0, doc="chance a crop is rotated")
     max_rotation: float = setting(10.0, low=0.0, high=45.0, doc="largest rotation in degrees, either way")
 
@@ -480,9 +597,12 @@ class PrepConfig:
     negative_iou: float = setting(0.3, low=0.0, high=1.0, doc="negative: IoU with every face below this")
     part_iou: float = setting(0.4, low=0.0, high=1.0, doc="part face: best IoU at least this (and below positive_iou)")
     positive_iou: float = setting(0.65, low=0.0, high=1.0, doc="positive: best IoU at least this")
-    min_face_size: float = setting(20.0, low=0.0,
-                                   doc="faces whose longer side is below this (px) give no positives or parts, "
-                                       "but still count as faces for negatives")
+    min_face_size: float = setting(
+        20.0,
+        low=0.0,
+        doc="faces whose longer side is below this (px) give no positives or parts, "
+        "but still count as faces for negatives",
+    )
     random: RandomCropConfig = setting(default_factory=RandomCropConfig)
     landmarks: LandmarkCropConfig = setting(default_factory=LandmarkCropConfig)
     images_per_shard: int = setting(32, low=1, doc="WIDER images per shard (the unit of resuming and of work)")
@@ -492,8 +612,10 @@ class PrepConfig:
 
     def __post_init__(self) -> None:
         if not self.negative_iou <= self.part_iou <= self.positive_iou:
-            raise ValueError(f"need negative_iou <= part_iou <= positive_iou, got {self.negative_iou}, "
-                             f"{self.part_iou}, {self.positive_iou}")
+            raise ValueError(
+                f"need negative_iou <= part_iou <= positive_iou, got {self.negative_iou}, "
+                f"{self.part_iou}, {self.positive_iou}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,22 +625,29 @@ class MiningConfig:
 
     min_face_size: float = setting(20.0, low=0.0, low_open=True, doc="smallest face side the detector seeks (px)")
     scale_factor: float = setting(0.709, low=0.0, high=1.0, low_open=True, doc="ratio between pyramid levels")
-    thresholds: tuple[float, float] = setting((0.6, 0.7), low=0.0, high=1.0,
-                                              doc="face-probability thresholds of P-Net and R-Net")
+    thresholds: tuple[float, float] = setting(
+        (0.6, 0.7), low=0.0, high=1.0, doc="face-probability thresholds of P-Net and R-Net"
+    )
     nms_thresholds: tuple[float, float, float] = setting(
-        (0.5, 0.7, 0.7), low=0.0, high=1.0, doc="NMS IoU: P-Net within a pyramid level, P-Net across levels, R-Net")
-    max_negatives_per_image: int = setting(60, low=0, doc="keep at most this many negative boxes per image "
-                                                          "(a random subset)")
+        (0.5, 0.7, 0.7), low=0.0, high=1.0, doc="NMS IoU: P-Net within a pyramid level, P-Net across levels, R-Net"
+    )
+    max_negatives_per_image: int = setting(
+        60, low=0, doc="keep at most this many negative boxes per image (a random subset)"
+    )
     batch_size: int = setting(16, low=1, doc="images per detector batch")
-    face_crops_per_face: int = setting(0, low=0, doc="jittered squares per usable face added to the mined boxes "
-                                                     "(kept when positive or part, as for P-Net); 0: mined only")
+    face_crops_per_face: int = setting(
+        0,
+        low=0,
+        doc="jittered squares per usable face added to the mined boxes "
+        "(kept when positive or part, as for P-Net); 0: mined only",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class StageConfig:
     """One stage's config file (``configs/pnet.yaml`` ...): the sections each command reads."""
 
-    stage: str = setting(choices=("pnet", "rnet", "onet"), doc="which net this file configures")
+    stage: str = setting(choices=STAGES, doc="which net this file configures")
     data: DataConfig = setting(default_factory=DataConfig)
     train: TrainConfig = setting(default_factory=TrainConfig)
     prep: PrepConfig = setting(default_factory=PrepConfig)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from mtcnn.atomic import write_json_atomic
-from mtcnn.model.checkpoint import atomic_save, load_checkpoint
 from mtcnn.config import build_config, load_config, read_yaml, setting, to_dict
 from mtcnn.errors import ConfigError, MtcnnError
-from mtcnn.model.nets import STAGES
+from mtcnn.model.checkpoint import atomic_save, load_checkpoint
+from mtcnn.spec import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,12 @@ class EvaluationConfig:
 
     wider_images: Path = setting(Path("data/widerface/WIDER_val/images"))
     wider_ground_truth: Path = setting(Path("data/widerface/eval_tools/ground_truth"))
-    landmark_list: Path | None = setting(Path("data/landmarks/testImageList.txt"),
-                                         doc="CNN_FacePoint list for landmark error; null to skip")
+    landmark_list: Path | None = setting(
+        Path("data/landmarks/testImageList.txt"), doc="CNN_FacePoint list for landmark error; null to skip"
+    )
     wider_settings: tuple[EvalSetting, ...] = setting(
-        default_factory=lambda: (EvalSetting("min-face-20"),
-                                 EvalSetting("paper", 10.0, 0.79, (0.5, 0.5, 0.3))))
+        default_factory=lambda: (EvalSetting("min-face-20"), EvalSetting("paper", 10.0, 0.79, (0.5, 0.5, 0.3)))
+    )
     recall_min_size: float = setting(20.0, low=0.0, doc="faces counted by the recall checks (px)")
     recall_images: int | None = setting(None, low=1, doc="validation images for the recall checks; null: all")
 
@@ -129,17 +130,40 @@ class Pipeline:
         steps = []
         for index, stage in enumerate(STAGES):
             for split in ("train", "val"):
-                steps.append(Step(f"prep {stage} {split}", self._store_done(stage, split),
-                                  self._prep_step(stage, split, STAGES[:index]),
-                                  self.store(stage, split).exists))  # finished shards are kept
-            steps.append(Step(f"train {stage}", self.weights(stage).is_file, self._train_step(stage),
-                              (self.train_dir(stage) / "last.pt").is_file))
+                steps.append(
+                    Step(
+                        f"prep {stage} {split}",
+                        self._store_done(stage, split),
+                        self._prep_step(stage, split, STAGES[:index]),
+                        self.store(stage, split).exists,
+                    )
+                )  # finished shards are kept
+            steps.append(
+                Step(
+                    f"train {stage}",
+                    self.weights(stage).is_file,
+                    self._train_step(stage),
+                    (self.train_dir(stage) / "last.pt").is_file,
+                )
+            )
             if stage != "onet":
-                steps.append(Step(f"recall after {stage}", self.report(f"recall-{stage}").is_file,
-                                  self._recall_step(STAGES[: index + 1]), _runs_in_one_go))
+                steps.append(
+                    Step(
+                        f"recall after {stage}",
+                        self.report(f"recall-{stage}").is_file,
+                        self._recall_step(STAGES[: index + 1]),
+                        _runs_in_one_go,
+                    )
+                )
         for setting_ in self.config.evaluate.wider_settings:
-            steps.append(Step(f"WIDER AP ({setting_.name})", self.report(f"wider-{setting_.name}").is_file,
-                              self._wider_step(setting_), self._predictions_dir(setting_).exists))
+            steps.append(
+                Step(
+                    f"WIDER AP ({setting_.name})",
+                    self.report(f"wider-{setting_.name}").is_file,
+                    self._wider_step(setting_),
+                    self._predictions_dir(setting_).exists,
+                )
+            )
         if self.config.evaluate.landmark_list is not None:
             steps.append(Step("landmark error", self.report("landmarks").is_file, self._landmark_step, _runs_in_one_go))
         return steps
@@ -173,33 +197,45 @@ class Pipeline:
 
     def _prep_step(self, stage: str, split: str, earlier: Sequence[str]) -> Callable[[], None]:
         def run() -> None:
-            from mtcnn.detect.cascade import resolve_device
             from mtcnn.data.prepare import default_workers, format_summary, prepare
+            from mtcnn.model.device import resolve_device
 
-            summary = prepare(stage, self._stage_config(stage), self.store(stage, split), split=split,
-                              workers=self.config.workers or default_workers(),
-                              weights={net: self.weights(net) for net in earlier},
-                              device=str(resolve_device(self.config.device)) if earlier else "cpu")
+            summary = prepare(
+                stage,
+                self._stage_config(stage),
+                self.store(stage, split),
+                split=split,
+                workers=self.config.workers or default_workers(),
+                weights={net: self.weights(net) for net in earlier},
+                device=str(resolve_device(self.config.device)) if earlier else "cpu",
+            )
             log.info("%s", format_summary(summary))
+
         return run
 
     def _train_step(self, stage: str) -> Callable[[], None]:
         def run() -> None:
             import torch
 
-            from mtcnn.train.trainer import run_training
+            from mtcnn.train.run import run_training
 
             if self.config.threads is not None:
                 torch.set_num_threads(self.config.threads)
             out = self.train_dir(stage)
             last = out / "last.pt"
-            config = self._stage_config(stage, [f"train.train_store={self.store(stage, 'train')}",
-                                                f"train.val_store={self.store(stage, 'val')}",
-                                                f"train.out_dir={out}"])
+            config = self._stage_config(
+                stage,
+                [
+                    f"train.train_store={self.store(stage, 'train')}",
+                    f"train.val_store={self.store(stage, 'val')}",
+                    f"train.out_dir={out}",
+                ],
+            )
             if not last.is_file() and out.exists():
                 shutil.rmtree(out)  # a run that stopped before its first checkpoint: nothing to keep
             run_training(config, device=self.config.device, out_dir=out, resume=last if last.is_file() else None)
             export_weights(out / "best.pt", self.weights(stage))
+
         return run
 
     def _detector(self, stages: Sequence[str], **settings: Any):
@@ -210,40 +246,59 @@ class Pipeline:
     def _recall_step(self, stages: Sequence[str]) -> Callable[[], None]:
         def run() -> None:
             from mtcnn.data.readers import read_wider
-            from mtcnn.eval.landmarks import evaluate_stages, format_stage_table
+            from mtcnn.eval.recall import evaluate_stages, format_stage_table
 
             evaluation = self.config.evaluate
             mining = self._stage_config(STAGES[len(stages)]).mining  # the settings the next stage mines with
             data = self._stage_config(stages[-1]).data
             images = read_wider(data.wider_val_annotations, data.wider_val_images)[: evaluation.recall_images]
-            detector = self._detector(stages, min_face_size=mining.min_face_size, scale_factor=mining.scale_factor,
-                                      thresholds=(*mining.thresholds, 0.7),
-                                      nms_thresholds=(*mining.nms_thresholds, 0.7))
+            detector = self._detector(
+                stages,
+                min_face_size=mining.min_face_size,
+                scale_factor=mining.scale_factor,
+                thresholds=(*mining.thresholds, 0.7),
+                nms_thresholds=(*mining.nms_thresholds, 0.7),
+            )
             results = evaluate_stages(detector, images, last_stage=stages[-1], min_size=evaluation.recall_min_size)
             log.info("%s", format_stage_table(results))
-            write_json_atomic(self.report(f"recall-{stages[-1]}"),
-                              {stage: result.to_dict() for stage, result in results.items()})
+            write_json_atomic(
+                self.report(f"recall-{stages[-1]}"), {stage: result.to_dict() for stage, result in results.items()}
+            )
+
         return run
 
     def _wider_step(self, eval_setting: EvalSetting) -> Callable[[], None]:
         def run() -> None:
-            from mtcnn.eval.wider import detect_wider, evaluate_wider, load_ground_truth, plot_pr_curves
+            from mtcnn.eval.plots import plot_pr_curves
+            from mtcnn.eval.wider import evaluate_wider
+            from mtcnn.eval.wider_files import detect_wider, load_ground_truth
 
             evaluation = self.config.evaluate
             ground_truth = load_ground_truth(evaluation.wider_ground_truth)
-            settings = {"min_face_size": eval_setting.min_face_size, "scale_factor": eval_setting.scale_factor,
-                        "thresholds": tuple(eval_setting.thresholds), "mirror_onet": eval_setting.mirror_onet}
+            settings = {
+                "min_face_size": eval_setting.min_face_size,
+                "scale_factor": eval_setting.scale_factor,
+                "thresholds": tuple(eval_setting.thresholds),
+                "mirror_onet": eval_setting.mirror_onet,
+            }
             detector = self._detector(STAGES, **settings)
             predictions_dir = self._predictions_dir(eval_setting)
-            record = {"weights": {stage: str(self.weights(stage).resolve()) for stage in STAGES},
-                      **{key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()}}
+            record = {
+                "weights": {stage: str(self.weights(stage).resolve()) for stage in STAGES},
+                **{key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()},
+            }
             predictions = detect_wider(detector, ground_truth, evaluation.wider_images, predictions_dir, record)
             result = evaluate_wider(ground_truth, predictions)
-            plot_pr_curves(result, self.root / "eval" / f"wider-{eval_setting.name}.png",
-                           title=f"WIDER FACE val ({eval_setting.name})")
-            log.info("WIDER AP (%s): %s", eval_setting.name,
-                     "  ".join(f"{name} {ap:.4f}" for name, ap in result.ap.items()))
+            plot_pr_curves(
+                result,
+                self.root / "eval" / f"wider-{eval_setting.name}.png",
+                title=f"WIDER FACE val ({eval_setting.name})",
+            )
+            log.info(
+                "WIDER AP (%s): %s", eval_setting.name, "  ".join(f"{name} {ap:.4f}" for name, ap in result.ap.items())
+            )
             write_json_atomic(self.report(f"wider-{eval_setting.name}"), {"detector": record, **result.to_dict()})
+
         return run
 
     def _predictions_dir(self, eval_setting: EvalSetting) -> Path:
@@ -257,22 +312,32 @@ class Pipeline:
         detector = self._detector(STAGES)
         result = evaluate_landmarks(faces, detector)
         log.info("%s", result.format())
-        write_json_atomic(self.report("landmarks"), {"list": str(self.config.evaluate.landmark_list),
-                                                      "mirror_onet": detector.mirror_onet,
-                                                      "landmark_scales": list(detector.landmark_scales),
-                                                      **result.to_dict()})
+        write_json_atomic(
+            self.report("landmarks"),
+            {
+                "list": str(self.config.evaluate.landmark_list),
+                "mirror_onet": detector.mirror_onet,
+                "landmark_scales": list(detector.landmark_scales),
+                **result.to_dict(),
+            },
+        )
 
     # ---------------------------------------------------------------------------- summary
 
     def summary(self, timings: dict[str, float]) -> dict[str, Any]:
         """Every figure the run produced, with the config and the time each step took."""
         reports = {path.stem: json.loads(path.read_text()) for path in sorted((self.root / "eval").glob("*.json"))}
-        return {"config": to_dict(self.config), "seconds": timings,
-                "wider_ap": {name[len("wider-"):]: report.get("ap") for name, report in reports.items()
-                             if name.startswith("wider-")},
-                "landmarks": reports.get("landmarks"),
-                "recall": {name[len("recall-"):]: report for name, report in reports.items()
-                           if name.startswith("recall-")}}
+        return {
+            "config": to_dict(self.config),
+            "seconds": timings,
+            "wider_ap": {
+                name[len("wider-") :]: report.get("ap") for name, report in reports.items() if name.startswith("wider-")
+            },
+            "landmarks": reports.get("landmarks"),
+            "recall": {
+                name[len("recall-") :]: report for name, report in reports.items() if name.startswith("recall-")
+            },
+        }
 
     def _read_timings(self) -> dict[str, float]:
         path = self.root / "timings.json"

@@ -29,21 +29,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from mtcnn.atomic import atomic_path, write_json_atomic, write_text_atomic
+from mtcnn.config import StageConfig, build_config, read_yaml
+from mtcnn.detect.bench import machine_description
+from mtcnn.errors import MtcnnError
+from mtcnn.model.nets import build_net
+from mtcnn.spec import OPTIMIZER_NAMES
+from mtcnn.train.batches import SampleTensors
+from mtcnn.train.run import open_stage_store
+from mtcnn.train.trainer import Trainer
 
-from mtcnn.atomic import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
-from mtcnn.train.batches import SampleTensors  # noqa: E402
-from mtcnn.detect.bench import machine_description  # noqa: E402
-from mtcnn.config import StageConfig, build_config, read_yaml  # noqa: E402
-from mtcnn.train.trainer import Trainer, open_stage_store  # noqa: E402
-from mtcnn.errors import MtcnnError  # noqa: E402
-from mtcnn.model.nets import build_net  # noqa: E402
-from mtcnn.train.optim import OPTIMIZER_NAMES  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 #: Learning rate per optimizer: each one's customary rate for a net of this size.
-LEARNING_RATES = {"sgd": 0.05, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01, "rmsprop": 0.001,
-                  "adam": 0.001, "adamw": 0.001}
+LEARNING_RATES = {
+    "sgd": 0.05,
+    "momentum": 0.01,
+    "nesterov": 0.01,
+    "adagrad": 0.01,
+    "rmsprop": 0.001,
+    "adam": 0.001,
+    "adamw": 0.001,
+}
 #: Plain SGD on one sample at a time needs a smaller step than on averaged batches.
 STOCHASTIC_RATES = {"sgd": 0.005, "adam": 0.0002}
 #: Optimizers also run as stochastic and full-batch gradient descent.
@@ -69,8 +76,9 @@ class Run:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def train_for(trainer: Trainer, run: Run, budget: float, store_size: int, probe: SampleTensors,
-              points: int = 25) -> None:
+def train_for(
+    trainer: Trainer, run: Run, budget: float, store_size: int, probe: SampleTensors, points: int = 25
+) -> None:
     """Train until ``budget`` seconds of training time are used (a step begun within the budget
     finishes: a full-batch step can overshoot it), recording the loss curve.
 
@@ -116,28 +124,37 @@ def train_for(trainer: Trainer, run: Run, budget: float, store_size: int, probe:
 
 
 def plan_runs(batch_size: int) -> list[Run]:
-    runs = [Run(f"{name} (mini-batch {batch_size})", name, batch_size, LEARNING_RATES[name])
-            for name in OPTIMIZER_NAMES]
+    runs = [
+        Run(f"{name} (mini-batch {batch_size})", name, batch_size, LEARNING_RATES[name]) for name in OPTIMIZER_NAMES
+    ]
     for name in MODE_OPTIMIZERS:
         runs.append(Run(f"{name} (stochastic, batch 1)", name, 1, STOCHASTIC_RATES[name]))
         runs.append(Run(f"{name} (full batch)", name, "full", LEARNING_RATES[name] * (10 if name == "sgd" else 1)))
     return runs
 
 
-def format_table(runs: list[Run], budget: float, machine: str, train_count: int, val_count: int,
-                 probe_count: int) -> str:
-    lines = ["| optimizer (batch mode) | lr | steps | samples seen | train loss | val loss | "
-             "val accuracy | val recall | val precision | train time s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+def format_table(
+    runs: list[Run], budget: float, machine: str, train_count: int, val_count: int, probe_count: int
+) -> str:
+    lines = [
+        "| optimizer (batch mode) | lr | steps | samples seen | train loss | val loss | "
+        "val accuracy | val recall | val precision | train time s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for run in runs:
         m = run.metrics
-        lines.append(f"| {run.name} | {run.lr:g} | {run.steps:,} | {run.samples[-1] if run.samples else 0:,} | "
-                     f"{run.final_train_loss:.4f} | {m['val_loss']:.4f} | {m['val_accuracy']:.4f} | "
-                     f"{m['val_recall']:.4f} | {m['val_precision']:.4f} | {run.train_seconds:.1f} |")
-    lines += ["", f"P-Net, {budget:g} s of training per run from the same initial weights, constant rate, "
-              f"hard example mining (0.7), flip and colour jitter; {train_count:,} training and {val_count:,} "
-              "validation samples. Losses are the weighted three-part total without mining; train loss on a "
-              f"fixed {probe_count:,}-sample subset of the training store. Machine: {machine}."]
+        lines.append(
+            f"| {run.name} | {run.lr:g} | {run.steps:,} | {run.samples[-1] if run.samples else 0:,} | "
+            f"{run.final_train_loss:.4f} | {m['val_loss']:.4f} | {m['val_accuracy']:.4f} | "
+            f"{m['val_recall']:.4f} | {m['val_precision']:.4f} | {run.train_seconds:.1f} |"
+        )
+    lines += [
+        "",
+        f"P-Net, {budget:g} s of training per run from the same initial weights, constant rate, "
+        f"hard example mining (0.7), flip and colour jitter; {train_count:,} training and {val_count:,} "
+        "validation samples. Losses are the weighted three-part total without mining; train loss on a "
+        f"fixed {probe_count:,}-sample subset of the training store. Machine: {machine}.",
+    ]
     return "\n".join(lines)
 
 
@@ -177,8 +194,13 @@ def main() -> int:
     parser.add_argument("--val-store", type=Path, default=Path("runs/prep/pnet-val"))
     parser.add_argument("--seconds", type=float, default=40.0, help="training time per run (default 40)")
     parser.add_argument("--batch-size", type=int, default=384, help="the mini-batch size (default 384)")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
-                        help="run only configurations whose name starts with one of these")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only configurations whose name starts with one of these",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("runs/compare_optimizers"))
     args = parser.parse_args()
@@ -195,16 +217,27 @@ def main() -> int:
     # a small store (a quick trial) is probed whole
     probe_count = min(PROBE_SAMPLES, len(train_data))
     probe_indices = torch.from_numpy(np.random.default_rng(0).choice(len(train_data), probe_count, replace=False))
-    probe = SampleTensors(*(tensor[probe_indices] for tensor in (train_data.images, train_data.labels,
-                                                                  train_data.boxes, train_data.landmarks)))
-    runs = [run for run in plan_runs(args.batch_size)
-            if args.only is None or any(run.name.startswith(prefix) for prefix in args.only)]
+    probe = SampleTensors(
+        *(
+            tensor[probe_indices]
+            for tensor in (train_data.images, train_data.labels, train_data.boxes, train_data.landmarks)
+        )
+    )
+    runs = [
+        run
+        for run in plan_runs(args.batch_size)
+        if args.only is None or any(run.name.startswith(prefix) for prefix in args.only)
+    ]
     for run in runs:
         data = read_yaml(args.config)
         train = data.setdefault("train", {})
         # whole sections replaced: a setting one optimizer takes would be an error for another
-        train["optim"] = {"name": run.optimizer, "lr": run.lr, "weight_decay": 0.0005,
-                          **({"momentum": 0.9} if run.optimizer in ("momentum", "nesterov") else {})}
+        train["optim"] = {
+            "name": run.optimizer,
+            "lr": run.lr,
+            "weight_decay": 0.0005,
+            **({"momentum": 0.9} if run.optimizer in ("momentum", "nesterov") else {}),
+        }
         train["schedule"] = {"name": "constant"}
         train["batch_size"] = run.batch_size
         config = build_config(StageConfig, data).train
@@ -212,15 +245,23 @@ def main() -> int:
         trainer = Trainer("pnet", build_net("pnet"), config, train_data, val_data, "cpu", show_progress=False)
         train_for(trainer, run, args.seconds, len(train_data), probe)
         run.metrics = trainer.validate()
-        print(f"{run.name:34} steps {run.steps:>7,}  train loss {run.final_train_loss:.4f}  "
-              f"val loss {run.metrics['val_loss']:.4f}  accuracy {run.metrics['val_accuracy']:.4f}  "
-              f"recall {run.metrics['val_recall']:.4f}", flush=True)
+        print(
+            f"{run.name:34} steps {run.steps:>7,}  train loss {run.final_train_loss:.4f}  "
+            f"val loss {run.metrics['val_loss']:.4f}  accuracy {run.metrics['val_accuracy']:.4f}  "
+            f"recall {run.metrics['val_recall']:.4f}",
+            flush=True,
+        )
     machine = machine_description("cpu")
     table = format_table(runs, args.seconds, machine, len(train_data), len(val_data), probe_count)
     write_text_atomic(args.out / "results.md", table + "\n")
-    write_json_atomic(args.out / "results.json",
-                      {"seconds_per_run": args.seconds, "machine": machine,
-                       "runs": [{key: value for key, value in vars(run).items()} for run in runs]})
+    write_json_atomic(
+        args.out / "results.json",
+        {
+            "seconds_per_run": args.seconds,
+            "machine": machine,
+            "runs": [{key: value for key, value in vars(run).items()} for run in runs],
+        },
+    )
     plot(runs, args.out / "loss_curves.png", probe_count)
     print()
     print(table)

@@ -52,8 +52,9 @@ def main() -> None:
             # Validation is logged per epoch: place each point at the last step of its epoch.
             epochs, values = scalars["val/loss"]
             steps_per_epoch = scalars["train/loss"][0][-1] / epochs[-1] if "train/loss" in scalars else 1.0
-            top.plot([epoch * steps_per_epoch for epoch in epochs], values, "o-", ms=3,
-                     label="validation loss (each epoch)")
+            top.plot(
+                [epoch * steps_per_epoch for epoch in epochs], values, "o-", ms=3, label="validation loss (each epoch)"
+            )
         top.set_title(NETS[net])
         top.set_xlabel("step")
         top.set_yscale("log")

@@ -43,8 +43,14 @@ def kit_store(kit: Path, tmp_path_factory):
 
     def get(stage: str, split: str = "train") -> Path:
         if (stage, split) not in built:
-            built[stage, split] = write_kit_store(kit, stage, split, faces.get((stage, split), 16),
-                                                  root / f"{stage}-{split}", seed=0 if split == "train" else 1)
+            built[stage, split] = write_kit_store(
+                kit,
+                stage,
+                split,
+                faces.get((stage, split), 16),
+                root / f"{stage}-{split}",
+                seed=0 if split == "train" else 1,
+            )
         return built[stage, split]
 
     return get

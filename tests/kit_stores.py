@@ -4,7 +4,7 @@ A deliberately plain cutter (not the prep pipeline): square windows around WIDER
 jittered until their IoU with the face makes them positives (>= 0.65) or part faces
 (0.4 .. 0.65), random windows (12 to 120 px) overlapping no face (IoU < 0.3) as negatives, and windows
 around the landmark set's faces with their five points. Crops are resampled with
-:func:`mtcnn.ops.boxes.crop_and_resize`, as the detector does.
+:func:`mtcnn.ops.resample.crop_and_resize`, as the detector does.
 """
 
 from __future__ import annotations
@@ -13,12 +13,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.ops import box_iou
 
-from mtcnn.ops.boxes import box_offsets, crop_and_resize, pairwise_iou
 from mtcnn.data.readers import read_landmark_list, read_wider
+from mtcnn.data.store import write_store
 from mtcnn.detect.inputs import read_image
-from mtcnn.model.nets import INPUT_SIZES
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, write_store
+from mtcnn.ops.resample import crop_and_resize
+from mtcnn.spec import INPUT_SIZES, LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+
+
+def reference_offsets(windows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Offsets ``[N, 4]`` taking ``windows`` to ``targets`` (both ``[N, 4]`` x1 y1 x2 y2), per unit
+    of window width and height: what the box heads are trained to regress."""
+    widths, heights = windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]
+    return (targets - windows) / torch.stack([widths, heights, widths, heights], dim=1)
 
 
 def _pixels(path: Path) -> torch.Tensor:
@@ -55,8 +63,9 @@ def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) ->
     size = INPUT_SIZES[stage]
     rng = np.random.default_rng(seed)
     wider = kit / "widerface"
-    images = read_wider(wider / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt",
-                        wider / f"WIDER_{split}" / "images")
+    images = read_wider(
+        wider / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt", wider / f"WIDER_{split}" / "images"
+    )
     crops, labels, boxes, points = [], [], [], []
 
     def add(pixels, windows, label, targets, landmarks):
@@ -70,8 +79,10 @@ def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) ->
     for image in images:
         if all(made[label] >= wanted[label] for label in wanted):
             break
-        big = image.boxes[(np.minimum(image.boxes[:, 2] - image.boxes[:, 0], image.boxes[:, 3] - image.boxes[:, 1])
-                           >= 20) & ~image.invalid]
+        big = image.boxes[
+            (np.minimum(image.boxes[:, 2] - image.boxes[:, 0], image.boxes[:, 3] - image.boxes[:, 1]) >= 20)
+            & ~image.invalid
+        ]
         if len(big) == 0:
             continue
         pixels = _pixels(image.path)
@@ -81,9 +92,9 @@ def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) ->
             for label, shift, low, high in ((LABEL_POSITIVE, 0.1, 0.65, 1.01), (LABEL_PART, 0.35, 0.4, 0.65)):
                 for _ in range(60):
                     window = _square_around(face, rng, shift, 0.15)
-                    iou = float(pairwise_iou(torch.from_numpy(window[None]), torch.from_numpy(face[None]))[0, 0])
+                    iou = float(box_iou(torch.from_numpy(window[None]), torch.from_numpy(face[None]))[0, 0])
                     if low <= iou < high and made[label] < wanted[label]:
-                        target = box_offsets(torch.from_numpy(window[None]), torch.from_numpy(face[None])).numpy()
+                        target = reference_offsets(torch.from_numpy(window[None]), torch.from_numpy(face[None])).numpy()
                         add(pixels, window[None], label, target, np.zeros((1, 10)))
                         made[label] += 1
                         break
@@ -93,12 +104,12 @@ def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) ->
             side = rng.uniform(size, max(size + 1, min(height, width, 240) / 2))
             x, y = rng.uniform(0, width - side), rng.uniform(0, height - side)
             window = np.array([[x, y, x + side, y + side]], dtype=np.float32)
-            if float(pairwise_iou(torch.from_numpy(window), all_faces).max()) < 0.3:
+            if float(box_iou(torch.from_numpy(window), all_faces).max()) < 0.3:
                 add(pixels, window, LABEL_NEGATIVE, np.zeros((1, 4)), np.zeros((1, 10)))
                 made[LABEL_NEGATIVE] += 1
 
     list_name = "trainImageList.txt" if split == "train" else "testImageList.txt"
-    for face in read_landmark_list(kit / "landmarks" / list_name)[:2 * faces]:
+    for face in read_landmark_list(kit / "landmarks" / list_name)[: 2 * faces]:
         window = _square_around(face.box, rng, 0.05, 0.05)
         side = window[2] - window[0]
         target = ((face.points - window[None, :2]) / side).reshape(1, 10)
@@ -115,5 +126,12 @@ def cut_samples(kit: Path, stage: str, split: str, faces: int, seed: int = 0) ->
 def write_kit_store(kit: Path, stage: str, split: str, faces: int, path: Path, seed: int = 0) -> Path:
     """Cut samples with :func:`cut_samples` and write them as a store at ``path``."""
     arrays = cut_samples(kit, stage, split, faces, seed)
-    return write_store(path, stage, arrays["images"], arrays["labels"], arrays["boxes"], arrays["landmarks"],
-                       extra_manifest={"source": f"kit {split} (test cutter)"})
+    return write_store(
+        path,
+        stage,
+        arrays["images"],
+        arrays["labels"],
+        arrays["boxes"],
+        arrays["landmarks"],
+        extra_manifest={"source": f"kit {split} (test cutter)"},
+    )

@@ -8,6 +8,7 @@ from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = REPO / "experiments"
+sys.path.insert(0, str(EXPERIMENTS))  # the experiments import their shared module, common.py
 SCRIPTS = REPO / "scripts"
 
 

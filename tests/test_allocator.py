@@ -10,9 +10,10 @@ import pytest
 
 from mtcnn import allocator, cli
 
-
-needs_glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or allocator._glibc_mallopt() is None,
-                                 reason="the malloc thresholds are glibc's (Linux)")
+needs_glibc = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or allocator._glibc_mallopt() is None,
+    reason="the malloc thresholds are glibc's (Linux)",
+)
 
 # Allocates 256 MiB through malloc, as torch does on the CPU, and reports whether the block lies in
 # the brk heap (kept there when freed) or in a mapping of its own (unmapped on free).
@@ -47,8 +48,13 @@ print(applied, in_heap, kept)
 def _probe(mode: str, **env: str) -> list[str]:
     environment = {key: value for key, value in os.environ.items() if key not in allocator.USER_MALLOC_SETTINGS}
     environment.update(env)
-    result = subprocess.run([sys.executable, "-c", PROBE, mode, allocator.__file__], capture_output=True, text=True, env=environment,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, mode, allocator.__file__],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+    )
     return result.stdout.split()
 
 

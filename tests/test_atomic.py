@@ -30,10 +30,9 @@ def test_json_and_text_land_whole_with_new_file_permissions(tmp_path):
 def test_a_failing_writer_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     path = tmp_path / "summary.json"
     write_json_atomic(path, {"run": 1})
-    with pytest.raises(ValueError, match="half written"):
-        with atomic_path(path) as tmp:
-            tmp.write_text('{"run": 2, "trunc')
-            raise ValueError("half written")
+    with pytest.raises(ValueError, match="half written"), atomic_path(path) as tmp:
+        tmp.write_text('{"run": 2, "trunc')
+        raise ValueError("half written")
     assert json.loads(path.read_text()) == {"run": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
     # a writer that fails before creating its temporary is no different

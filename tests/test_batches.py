@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from kit_stores import reference_offsets
 
-from mtcnn.train.batches import (Augmenter, BatchPlanner, SampleTensors, flip_batch, jitter_colours, slot_pattern,
-                           to_net_layout)
-from mtcnn.ops.boxes import box_offsets
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
+from mtcnn.data.store import SampleStore
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from mtcnn.train.batches import (
+    Augmenter,
+    BatchPlanner,
+    SampleTensors,
+    flip_batch,
+    jitter_colours,
+    slot_pattern,
+    to_net_layout,
+)
 
 RATIO = {"negative": 3, "positive": 1, "part": 1, "landmark": 2}
 LABEL_OF = {"negative": LABEL_NEGATIVE, "positive": LABEL_POSITIVE, "part": LABEL_PART, "landmark": LABEL_LANDMARK}
@@ -93,20 +101,30 @@ def _reference_flip(image: np.ndarray, offsets: np.ndarray, points: np.ndarray):
     window = torch.tensor([[0.0, 0.0, size, size]], dtype=torch.float64)
     box = window[0] + torch.tensor(offsets, dtype=torch.float64) * size
     mirrored_box = torch.stack([size - box[2], box[1], size - box[0], box[3]])
-    new_offsets = box_offsets(window, mirrored_box[None])[0].numpy()
-    named = dict(zip(("left_eye", "right_eye", "nose", "left_mouth", "right_mouth"),
-                     points.reshape(5, 2).astype(np.float64) * size))
+    new_offsets = reference_offsets(window, mirrored_box[None])[0].numpy()
+    named = dict(
+        zip(
+            ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth"),
+            points.reshape(5, 2).astype(np.float64) * size,
+        )
+    )
     mirrored = {name: np.array([size - xy[0], xy[1]]) for name, xy in named.items()}
     # what was the right eye is now on the image's left, and so on
-    renamed = [mirrored["right_eye"], mirrored["left_eye"], mirrored["nose"], mirrored["right_mouth"],
-               mirrored["left_mouth"]]
+    renamed = [
+        mirrored["right_eye"],
+        mirrored["left_eye"],
+        mirrored["nose"],
+        mirrored["right_mouth"],
+        mirrored["left_mouth"],
+    ]
     return image[:, ::-1].copy(), new_offsets, np.concatenate(renamed) / size
 
 
 def test_flip_matches_slow_reference_on_real_crops(kit_store):
     store = SampleStore.open(kit_store("pnet", "train"))
-    images, labels, boxes, landmarks = (torch.from_numpy(np.array(a)) for a in
-                                        (store.images, store.labels, store.boxes, store.landmarks))
+    images, labels, boxes, landmarks = (
+        torch.from_numpy(np.array(a)) for a in (store.images, store.labels, store.boxes, store.landmarks)
+    )
     flip = torch.from_numpy(np.random.default_rng(0).random(len(labels)) < 0.5)
     out_images, out_boxes, out_points = flip_batch(images, boxes, landmarks, flip)
     for i in range(len(labels)):

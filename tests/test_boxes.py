@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtcnn.data.samples import box_targets
 from mtcnn.ops import boxes as B
+from mtcnn.ops import resample as S
 
 
 def random_boxes(count: int, generator: torch.Generator, span: float = 100.0) -> torch.Tensor:
@@ -43,19 +45,20 @@ def slow_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float, mode: 
 def test_pairwise_overlaps_match_slow_reference():
     generator = torch.Generator().manual_seed(0)
     a, b = random_boxes(20, generator), random_boxes(15, generator)
-    iou, min_overlap = B.pairwise_iou(a, b), B.pairwise_min_overlap(a, b)
+    iou, min_overlap = B.iou_matrix(a.numpy(), b.numpy()), B.pairwise_min_overlap(a, b)
     for i in range(len(a)):
         for j in range(len(b)):
-            assert iou[i, j].item() == pytest.approx(slow_overlap(a[i].tolist(), b[j].tolist(), "union"), abs=1e-6)
-            assert min_overlap[i, j].item() == pytest.approx(slow_overlap(a[i].tolist(), b[j].tolist(), "min"),
-                                                             abs=1e-6)
+            assert iou[i, j] == pytest.approx(slow_overlap(a[i].tolist(), b[j].tolist(), "union"), abs=1e-6)
+            assert min_overlap[i, j].item() == pytest.approx(
+                slow_overlap(a[i].tolist(), b[j].tolist(), "min"), abs=1e-6
+            )
 
 
 def test_min_overlap_of_nested_box_is_one():
     outer = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
     inner = torch.tensor([[2.0, 2.0, 5.0, 5.0]])
     assert B.pairwise_min_overlap(outer, inner).item() == pytest.approx(1.0)
-    assert B.pairwise_iou(outer, inner).item() == pytest.approx(9 / 100)
+    assert B.iou_matrix(outer.numpy(), inner.numpy())[0, 0] == pytest.approx(9 / 100)
 
 
 @pytest.mark.parametrize("mode", ["union", "min"])
@@ -113,7 +116,7 @@ def test_offsets_round_trip_and_scale_with_the_box():
     generator = torch.Generator().manual_seed(4)
     windows = B.square_boxes(random_boxes(30, generator))
     targets = random_boxes(30, generator)
-    offsets = B.box_offsets(windows, targets)
+    offsets = torch.from_numpy(box_targets(windows.numpy(), targets.numpy()))
     assert torch.allclose(B.apply_box_offsets(windows, offsets), targets, atol=1e-4)
     window = torch.tensor([[10.0, 20.0, 30.0, 40.0]])
     moved = B.apply_box_offsets(window, torch.tensor([[0.1, -0.1, 0.5, 0.0]]))
@@ -125,19 +128,14 @@ def test_square_boxes_keep_centre_and_take_longer_side():
     assert squares.tolist() == [[0.0, 10.0, 40.0, 50.0], [0.0, -3.0, 8.0, 5.0]]
 
 
-def test_clip_boxes():
-    clipped = B.clip_boxes(torch.tensor([[-5.0, 3.0, 120.0, 90.0]]), height=80, width=100)
-    assert clipped.tolist() == [[0.0, 3.0, 100.0, 80.0]]
-
-
 def test_pyramid_scales_cover_the_range_of_face_sizes():
-    scales = B.pyramid_scales(min_side=480, min_face_size=20, scale_factor=0.709)
+    scales = S.pyramid_scales(min_side=480, min_face_size=20, scale_factor=0.709)
     assert scales[0] == pytest.approx(12 / 20)
     assert all(b / a == pytest.approx(0.709) for a, b in zip(scales, scales[1:]))
     assert 480 * scales[-1] >= 12 > 480 * scales[-1] * 0.709
-    assert B.pyramid_scales(min_side=11, min_face_size=12, scale_factor=0.7) == []
+    assert S.pyramid_scales(min_side=11, min_face_size=12, scale_factor=0.7) == []
     with pytest.raises(ValueError, match="scale_factor"):
-        B.pyramid_scales(100, 20, 1.0)
+        S.pyramid_scales(100, 20, 1.0)
 
 
 def slow_area_crop(image: np.ndarray, box: list[float], size: int) -> np.ndarray:
@@ -162,13 +160,15 @@ def slow_area_crop(image: np.ndarray, box: list[float], size: int) -> np.ndarray
 def test_crop_and_resize_is_area_resampling_with_zero_padding():
     generator = torch.Generator().manual_seed(5)
     image = torch.rand((3, 30, 40), generator=generator) * 255
-    crop_boxes = torch.tensor([
-        [2.0, 3.0, 30.0, 27.0],     # inside, downscaled
-        [10.3, 5.9, 17.2, 12.8],    # smaller than the output: upscaled
-        [-6.0, -4.0, 20.0, 22.0],   # partly outside: zeros there
-        [35.0, 25.0, 50.0, 40.0],   # mostly outside
-    ])
-    crops = B.crop_and_resize(image, crop_boxes, 12)
+    crop_boxes = torch.tensor(
+        [
+            [2.0, 3.0, 30.0, 27.0],  # inside, downscaled
+            [10.3, 5.9, 17.2, 12.8],  # smaller than the output: upscaled
+            [-6.0, -4.0, 20.0, 22.0],  # partly outside: zeros there
+            [35.0, 25.0, 50.0, 40.0],  # mostly outside
+        ]
+    )
+    crops = S.crop_and_resize(image, crop_boxes, 12)
     assert crops.shape == (4, 3, 12, 12) and crops.dtype == torch.float32
     for crop, box in zip(crops, crop_boxes.tolist()):
         np.testing.assert_allclose(crop.numpy(), slow_area_crop(image.numpy(), box, 12), rtol=1e-5, atol=1e-3)
@@ -177,24 +177,24 @@ def test_crop_and_resize_is_area_resampling_with_zero_padding():
 def test_crop_and_resize_equals_torch_area_interpolation_inside_the_image():
     generator = torch.Generator().manual_seed(6)
     image = torch.rand((3, 64, 80), generator=generator) * 255
-    crop = B.crop_and_resize(image, torch.tensor([[5.0, 7.0, 54.0, 56.0]]), 24)[0]
+    crop = S.crop_and_resize(image, torch.tensor([[5.0, 7.0, 54.0, 56.0]]), 24)[0]
     expected = F.interpolate(image[None, :, 7:56, 5:54], size=(24, 24), mode="area")[0]
     assert torch.allclose(crop, expected, atol=1e-3)
-    assert B.crop_and_resize(image, torch.zeros((0, 4)), 24).shape == (0, 3, 24, 24)
+    assert S.crop_and_resize(image, torch.zeros((0, 4)), 24).shape == (0, 3, 24, 24)
 
 
 def test_integral_image_paths_agree():
     image = torch.rand((3, 17, 23), generator=torch.Generator().manual_seed(7)) * 255
-    table = B.integral_image(image)
+    table = S.integral_image(image)
     assert table.shape == (18, 24, 3) and table.dtype == torch.float64
-    assert torch.allclose(table, B.integral_image_torch(image))
+    assert torch.allclose(table, S.integral_image_torch(image))
     assert torch.allclose(table[-1, -1], image.double().sum(dim=(1, 2)))
 
 
 @pytest.mark.parametrize("height, width", [(30, 41), (7, 9), (64, 80), (1, 1)])
 def test_resize_from_integral_equals_torch_area_interpolation(height, width):
     image = torch.rand((3, 64, 80), generator=torch.Generator().manual_seed(8)) * 255
-    resized = B.resize_from_integral(B.integral_image(image), height, width)
+    resized = S.resize_from_integral(S.integral_image(image), height, width)
     expected = F.interpolate(image[None], size=(height, width), mode="area")[0]
     assert resized.shape == (3, height, width)
     assert torch.allclose(resized, expected, atol=1e-3)

@@ -5,16 +5,9 @@ import pytest
 import torch
 from scripts_dir import load_script
 
+from mtcnn.data.store import SampleStore, finish_store, write_shard
 from mtcnn.model.nets import build_net
-from mtcnn.data.store import (
-    LABEL_LANDMARK,
-    LABEL_NEGATIVE,
-    LABEL_PART,
-    LABEL_POSITIVE,
-    SampleStore,
-    finish_store,
-    write_shard,
-)
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 compare_stores = load_script("compare_stores")
 
@@ -57,8 +50,10 @@ def test_face_probability_matches_one_crop_at_a_time():
     images = np.random.default_rng(1).integers(0, 256, (7, 48, 48, 3), dtype=np.uint8)
     chunked = compare_stores.face_probability(net, images, chunk=3)
     with torch.no_grad():
-        singly = [torch.softmax(net(torch.from_numpy(image).permute(2, 0, 1)[None].float()).logits, 1)[0, 1].item()
-                  for image in images]
+        singly = [
+            torch.softmax(net(torch.from_numpy(image).permute(2, 0, 1)[None].float()).logits, 1)[0, 1].item()
+            for image in images
+        ]
     np.testing.assert_allclose(chunked, singly, rtol=1e-5, atol=1e-6)
     assert compare_stores.face_probability(net, images[:0]).shape == (0,)
 
@@ -67,8 +62,16 @@ def write_store_with_windows(path, seed, stage="onet", size=48):
     origin, window = random_rows(40, seed)
     labels = np.array([LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_PART, LABEL_LANDMARK] * 10, np.int8)
     images = np.random.default_rng(seed).integers(0, 256, (40, size, size, 3), dtype=np.uint8)
-    write_shard(path, 0, size, images, labels, np.zeros((40, 4), np.float32), np.zeros((40, 10), np.float32),
-                extras={"origin": origin, "window": window})
+    write_shard(
+        path,
+        0,
+        size,
+        images,
+        labels,
+        np.zeros((40, 4), np.float32),
+        np.zeros((40, 10), np.float32),
+        extras={"origin": origin, "window": window},
+    )
     finish_store(path, stage, [0])
     return SampleStore.open(path, mmap=False), origin, window
 
@@ -79,10 +82,16 @@ def test_store_summary_gives_each_labels_figures(tmp_path):
     judge = build_net("onet").eval()
     summary = compare_stores.store_summary(store, FACES, {"judge": judge})
     assert {name: row["count"] for name, row in summary.items()} == {
-        "positive": 10, "negative": 10, "part": 10, "landmark": 10}
+        "positive": 10,
+        "negative": 10,
+        "part": 10,
+        "landmark": 10,
+    }
     negatives = (store.labels == LABEL_NEGATIVE) & (origin[:, 0] == 0)
-    ious = [max((iou_by_hand(window[row], face) for face in FACES[origin[row, 1]]), default=0.0)
-            for row in np.flatnonzero(negatives)]
+    ious = [
+        max((iou_by_hand(window[row], face) for face in FACES[origin[row, 1]]), default=0.0)
+        for row in np.flatnonzero(negatives)
+    ]
     np.testing.assert_allclose(summary["negative"]["iou"], np.percentile(ious, [10, 50, 90]))
     sides = window[negatives, 2] - window[negatives, 0]
     np.testing.assert_allclose(summary["negative"]["side"], np.percentile(sides, [10, 50, 90]))

@@ -14,8 +14,7 @@ from mtcnn.errors import DataError
 
 def _wider_paths(kit: Path, split: str = "train") -> tuple[Path, Path]:
     root = kit / "widerface"
-    return (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt",
-            root / f"WIDER_{split}" / "images")
+    return (root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt", root / f"WIDER_{split}" / "images")
 
 
 def _raw_wider(annotation: Path) -> dict[str, list[list[int]]]:
@@ -24,7 +23,7 @@ def _raw_wider(annotation: Path) -> dict[str, list[list[int]]]:
     faces, i = {}, 0
     while i < len(lines) and lines[i].strip():
         name, count = lines[i].strip(), int(lines[i + 1])
-        faces[name] = [list(map(int, line.split())) for line in lines[i + 2:i + 2 + count]]
+        faces[name] = [list(map(int, line.split())) for line in lines[i + 2 : i + 2 + count]]
         i += 2 + max(count, 1)
     return faces
 
@@ -47,9 +46,15 @@ def test_read_wider_real_file_converts_xywh_once(kit: Path, split: str):
         assert image.path == images_dir / image.name and image.path.is_file()
         assert image.boxes.dtype == np.float32 and image.invalid.dtype == bool
     first = images[0]
-    assert raw[first.name][0][:4] == [int(v) for v in (first.boxes[0, 0], first.boxes[0, 1],
-                                                        first.boxes[0, 2] - first.boxes[0, 0],
-                                                        first.boxes[0, 3] - first.boxes[0, 1])]
+    assert raw[first.name][0][:4] == [
+        int(v)
+        for v in (
+            first.boxes[0, 0],
+            first.boxes[0, 1],
+            first.boxes[0, 2] - first.boxes[0, 0],
+            first.boxes[0, 3] - first.boxes[0, 1],
+        )
+    ]
     if split == "train":  # the kit's train file has one face of width 0, on line 7891
         assert len(problems) == 1 and problems[0].startswith(f"{annotation}:7891:")
 
@@ -60,8 +65,9 @@ def _write(path: Path, text: str) -> Path:
 
 
 def test_read_wider_image_without_faces_and_short_face_lines(tmp_path: Path):
-    annotation = _write(tmp_path / "gt.txt", "a/1.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \nb/2.jpg\n2\n1 2 3 4\n"
-                        "5 6 7 8 1 0 0 1 2 0\nc/3.jpg\n0\n")
+    annotation = _write(
+        tmp_path / "gt.txt", "a/1.jpg\n0\n0 0 0 0 0 0 0 0 0 0 \nb/2.jpg\n2\n1 2 3 4\n5 6 7 8 1 0 0 1 2 0\nc/3.jpg\n0\n"
+    )
     images = read_wider(annotation, tmp_path)
     assert [len(image) for image in images] == [0, 2, 0]
     assert images[0].boxes.shape == (0, 4) and images[0].invalid.shape == (0,)
@@ -71,15 +77,18 @@ def test_read_wider_image_without_faces_and_short_face_lines(tmp_path: Path):
     assert images[1].line == 4
 
 
-@pytest.mark.parametrize("text, line, match", [
-    ("a.jpg\nx\n", 2, "expected the face count of 'a.jpg'"),
-    ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n", 4, "declared 2 faces"),
-    ("a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n0\n", 4, "expected an image file name"),
-    ("a.jpg\n1\n1 2 3 4 0 0 q 0 0 0\n", 3, "expected a face line of numbers"),
-    ("a.jpg\n1\n1 2 3\n", 3, "expected a face line"),
-    ("a.jpg\n0\n1 2 3 4 0 0 0 0 0 0\n", 3, "declares 0 faces but a face line follows"),
-    ("a.jpg\n-1\n", 2, "negative face count"),
-])
+@pytest.mark.parametrize(
+    "text, line, match",
+    [
+        ("a.jpg\nx\n", 2, "expected the face count of 'a.jpg'"),
+        ("a.jpg\n2\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n", 4, "declared 2 faces"),
+        ("a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\nb.jpg\n0\n", 4, "expected an image file name"),
+        ("a.jpg\n1\n1 2 3 4 0 0 q 0 0 0\n", 3, "expected a face line of numbers"),
+        ("a.jpg\n1\n1 2 3\n", 3, "expected a face line"),
+        ("a.jpg\n0\n1 2 3 4 0 0 0 0 0 0\n", 3, "declares 0 faces but a face line follows"),
+        ("a.jpg\n-1\n", 2, "negative face count"),
+    ],
+)
 def test_read_wider_structural_errors_name_file_and_line(tmp_path: Path, text: str, line: int, match: str):
     annotation = _write(tmp_path / "gt.txt", text)
     with pytest.raises(DataError, match=match) as exc:
@@ -98,8 +107,9 @@ def test_read_wider_truncated_file_and_missing_file(tmp_path: Path):
 
 
 def test_read_wider_reports_empty_boxes_and_keeps_going(tmp_path: Path, caplog):
-    annotation = _write(tmp_path / "gt.txt", "a.jpg\n3\n1 2 0 4 0 0 0 0 0 0\n1 2 3 -4 0 0 0 0 0 0\n"
-                        "1 2 3 4 0 0 0 0 0 0\n")
+    annotation = _write(
+        tmp_path / "gt.txt", "a.jpg\n3\n1 2 0 4 0 0 0 0 0 0\n1 2 3 -4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n"
+    )
     problems: list[str] = []
     with caplog.at_level(logging.WARNING):
         images = read_wider(annotation, tmp_path, problems)
@@ -127,8 +137,12 @@ def test_read_landmark_list_real_file_box_order(kit: Path):
     assert (points[:, 3, 0] < points[:, 4, 0]).mean() > 0.99
     # Every point lies within its face box's neighbourhood: a box-order mix-up would break this.
     boxes = np.stack([face.box for face in faces])
-    inside = ((points[..., 0] >= boxes[:, None, 0]) & (points[..., 0] <= boxes[:, None, 2])
-              & (points[..., 1] >= boxes[:, None, 1]) & (points[..., 1] <= boxes[:, None, 3]))
+    inside = (
+        (points[..., 0] >= boxes[:, None, 0])
+        & (points[..., 0] <= boxes[:, None, 2])
+        & (points[..., 1] >= boxes[:, None, 1])
+        & (points[..., 1] <= boxes[:, None, 3])
+    )
     assert inside.mean() > 0.99
 
 
@@ -153,8 +167,13 @@ def test_read_landmark_list_errors_and_warnings(tmp_path: Path):
 
 
 def test_points_outside_the_decoded_image():
-    face = LandmarkFace(Path("x.jpg"), np.array([0, 0, 10, 10], np.float32),
-                        np.array([[1, 1], [5, 1], [3, 4], [2, 8], [12, 8]], np.float32), Path("l.txt"), 7)
+    face = LandmarkFace(
+        Path("x.jpg"),
+        np.array([0, 0, 10, 10], np.float32),
+        np.array([[1, 1], [5, 1], [3, 4], [2, 8], [12, 8]], np.float32),
+        Path("l.txt"),
+        7,
+    )
     assert points_outside(face, height=20, width=20) is None
     message = points_outside(face, height=20, width=11)
     assert message.startswith("l.txt:7: landmark point 5 (12, 8) lies outside the 11x20 image")
@@ -185,15 +204,21 @@ def test_read_celeba_formats(tmp_path: Path):
     assert faces[1].where == f"{bbox}:4"
 
 
-@pytest.mark.parametrize("which, text, match", [
-    ("bbox", CELEBA_BBOX.replace("3\n", "4\n", 1), r"list_bbox_celeba.txt:1: declares 4 images but lists 3"),
-    ("bbox", CELEBA_BBOX.replace(" 91 126", " 91"), r"list_bbox_celeba.txt:5: expected an image id and 4 numbers"),
-    ("bbox", CELEBA_BBOX.replace("image_id", "id"), r"list_bbox_celeba.txt:2: expected the header line"),
-    ("marks", CELEBA_LANDMARKS.replace("196", "1x6"), r"list_landmarks_celeba.txt:3: expected 10 numbers"),
-    ("marks", CELEBA_LANDMARKS.replace("000003", "000004"),
-     r"list_bbox_celeba.txt:5: image '000003.jpg' has no landmarks"),
-    ("bbox", CELEBA_BBOX.replace("000002", "000001"), r"list_bbox_celeba.txt:4: image '000001.jpg' listed twice"),
-])
+@pytest.mark.parametrize(
+    "which, text, match",
+    [
+        ("bbox", CELEBA_BBOX.replace("3\n", "4\n", 1), r"list_bbox_celeba.txt:1: declares 4 images but lists 3"),
+        ("bbox", CELEBA_BBOX.replace(" 91 126", " 91"), r"list_bbox_celeba.txt:5: expected an image id and 4 numbers"),
+        ("bbox", CELEBA_BBOX.replace("image_id", "id"), r"list_bbox_celeba.txt:2: expected the header line"),
+        ("marks", CELEBA_LANDMARKS.replace("196", "1x6"), r"list_landmarks_celeba.txt:3: expected 10 numbers"),
+        (
+            "marks",
+            CELEBA_LANDMARKS.replace("000003", "000004"),
+            r"list_bbox_celeba.txt:5: image '000003.jpg' has no landmarks",
+        ),
+        ("bbox", CELEBA_BBOX.replace("000002", "000001"), r"list_bbox_celeba.txt:4: image '000001.jpg' listed twice"),
+    ],
+)
 def test_read_celeba_errors(tmp_path: Path, which: str, text: str, match: str):
     bbox = _write(tmp_path / "list_bbox_celeba.txt", text if which == "bbox" else CELEBA_BBOX)
     marks = _write(tmp_path / "list_landmarks_celeba.txt", text if which == "marks" else CELEBA_LANDMARKS)

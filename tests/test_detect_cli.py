@@ -25,8 +25,20 @@ def photos(kit: Path, tmp_path: Path) -> Path:
 
 def test_folder_to_json_and_drawings(photos, reference_weights, tmp_path, capsys):
     out, drawn = tmp_path / "faces.json", tmp_path / "drawn"
-    status = cli.main(["detect", str(photos), "--weights", str(reference_weights), "--device", "cpu",
-                       "--output", str(out), "--save-images", str(drawn)])
+    status = cli.main(
+        [
+            "detect",
+            str(photos),
+            "--weights",
+            str(reference_weights),
+            "--device",
+            "cpu",
+            "--output",
+            str(out),
+            "--save-images",
+            str(drawn),
+        ]
+    )
     assert status == 0
     document = json.loads(out.read_text())
     by_name = {Path(image["path"]).name: image for image in document["images"]}
@@ -42,15 +54,28 @@ def test_folder_to_json_and_drawings(photos, reference_weights, tmp_path, capsys
         assert all(x1 - 5 <= x <= x2 + 5 and y1 - 5 <= y <= y2 + 5 for x, y in face["landmarks"])
     # Drawings mirror the folder layout below the folder given.
     assert sorted(p.relative_to(drawn).as_posix() for p in drawn.rglob("*.*")) == [
-        "astronaut.png", "dogs.jpg", "party/family.jpg"]
+        "astronaut.png",
+        "dogs.jpg",
+        "party/family.jpg",
+    ]
 
 
 def test_bad_files_are_reported_and_the_rest_still_processed(photos, reference_weights, tmp_path, capsys):
     broken = photos / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 this is no JPEG")
     missing = tmp_path / "missing.jpg"
-    status = cli.main(["detect", str(photos / "party" / "family.jpg"), str(broken), str(missing),
-                       "--weights", str(reference_weights), "--device", "cpu"])
+    status = cli.main(
+        [
+            "detect",
+            str(photos / "party" / "family.jpg"),
+            str(broken),
+            str(missing),
+            "--weights",
+            str(reference_weights),
+            "--device",
+            "cpu",
+        ]
+    )
     captured = capsys.readouterr()
     assert status == 1
     document = json.loads(captured.out)
@@ -64,20 +89,39 @@ def test_bad_files_are_reported_and_the_rest_still_processed(photos, reference_w
 
 
 def test_glob_patterns_expand(photos, reference_weights, capsys):
-    status = cli.main(["detect", str(photos / "*.png"), "--weights", str(reference_weights), "--device", "cpu",
-                       "--min-face-size", "40", "--thresholds", "0.6", "0.7", "0.8", "--batch-size", "2"])
+    status = cli.main(
+        [
+            "detect",
+            str(photos / "*.png"),
+            "--weights",
+            str(reference_weights),
+            "--device",
+            "cpu",
+            "--min-face-size",
+            "40",
+            "--thresholds",
+            "0.6",
+            "0.7",
+            "0.8",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert status == 0
     document = json.loads(capsys.readouterr().out)
     assert [Path(image["path"]).name for image in document["images"]] == ["astronaut.png"]
     assert len(document["images"][0]["faces"]) == 1
 
 
-@pytest.mark.parametrize("arguments, message", [
-    (["--weights", "{tmp}/nowhere"], "nowhere: weights must be a folder holding pnet.pt, rnet.pt and onet.pt"),
-    (["--weights", "{weights}", "--scale-factor", "1.5"], "scale_factor must be in (0, 1)"),
-    (["--weights", "{weights}", "--device", "tpu"], "unknown device 'tpu'; expected auto, cpu, cuda"),
-    (["--weights", "{weights}", "--landmark-scales", "0.9,0"], "landmark_scales must be positive, got [0.9, 0.0]"),
-])
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--weights", "{tmp}/nowhere"], "nowhere: weights must be a folder holding pnet.pt, rnet.pt and onet.pt"),
+        (["--weights", "{weights}", "--scale-factor", "1.5"], "scale_factor must be in (0, 1)"),
+        (["--weights", "{weights}", "--device", "tpu"], "unknown device 'tpu'; expected auto, cpu, cuda"),
+        (["--weights", "{weights}", "--landmark-scales", "0.9,0"], "landmark_scales must be positive, got [0.9, 0.0]"),
+    ],
+)
 def test_bad_options_are_one_line_errors(photos, reference_weights, tmp_path, capsys, arguments, message):
     arguments = [a.format(tmp=tmp_path, weights=reference_weights) for a in arguments]
     status = cli.main(["detect", str(photos / "dogs.jpg"), *arguments])
@@ -91,8 +135,10 @@ def test_landmark_scales_option_is_one_word_before_or_after_the_paths(photos, re
 
     family = photos / "party" / "family.jpg"
     options = ["--weights", str(reference_weights), "--device", "cpu"]
-    for arguments, expected in ((["--landmark-scales", "none", str(family), *options], ()),
-                                ([str(family), "--landmark-scales", "0.9,1.1", *options], (0.9, 1.1))):
+    for arguments, expected in (
+        (["--landmark-scales", "none", str(family), *options], ()),
+        ([str(family), "--landmark-scales", "0.9,1.1", *options], (0.9, 1.1)),
+    ):
         assert cli.main(["detect", *arguments]) == 0
         faces = json.loads(capsys.readouterr().out)["images"][0]["faces"]
         library = MTCNN(reference_weights, device="cpu", landmark_scales=expected).detect(family)
@@ -114,8 +160,16 @@ def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_
     from mtcnn.detect.cascade import MTCNN
 
     images = benchmark_images(kit / "samples", 3)
-    rows = bench_detect(reference_weights, images, min_face_sizes=(40,), batch_sizes=(1,), repeats=1, device="cpu",
-                        compare_facenet=False, mirror_onet=mirror_onet)
+    rows = bench_detect(
+        reference_weights,
+        images,
+        min_face_sizes=(40,),
+        batch_sizes=(1,),
+        repeats=1,
+        device="cpu",
+        compare_facenet=False,
+        mirror_onet=mirror_onet,
+    )
     detector = MTCNN(reference_weights, device="cpu", min_face_size=40, mirror_onet=mirror_onet)
     assert [(row.detector, row.min_face_size, row.batch_size) for row in rows] == [(name, 40, 1)]
     assert rows[0].faces == sum(len(faces) for faces in detector.detect(images)) > 0

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import box_iou
 
-from mtcnn.ops.boxes import pairwise_iou
 from mtcnn.detect.cascade import MTCNN, Faces
-from mtcnn.model.nets import STAGES, MirrorAveraged
+from mtcnn.model.nets import MirrorAveraged
+from mtcnn.spec import STAGES
 
 SAMPLE = "samples/2007_007763.jpg"  # seven faces, 375 x 500
 
@@ -51,7 +52,7 @@ def test_agrees_with_the_reference_implementation(reference, reference_results):
         their_boxes = torch.tensor([to_continuous(face["box"]) for face in theirs]).reshape(-1, 4)
         their_scores = torch.tensor([face["score"] for face in theirs])
         their_points = torch.tensor([face["landmarks"] for face in theirs]).reshape(-1, 5, 2)
-        iou = pairwise_iou(their_boxes, torch.from_numpy(ours.boxes))
+        iou = box_iou(their_boxes, torch.from_numpy(ours.boxes))
         for i in torch.nonzero(their_scores >= 0.9).flatten().tolist():
             reference_faces += 1
             if iou.shape[1] and iou[i].max() >= 0.8:
@@ -93,19 +94,28 @@ def test_input_types_give_the_same_faces(detector, kit):
     rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
     expected = detector.detect(path)
     assert len(expected) == 7
-    for image in (str(path), rgb, torch.from_numpy(rgb).permute(2, 0, 1), Image.open(path),
-                  rgb.astype(np.float32)):
+    for image in (str(path), rgb, torch.from_numpy(rgb).permute(2, 0, 1), Image.open(path), rgb.astype(np.float32)):
         assert_same_faces(detector.detect(image), expected)
 
 
 def test_batching_images_of_different_sizes_changes_nothing(detector, kit):
-    paths = [kit / SAMPLE, kit / "samples" / "astronaut.png", kit / "samples" / "2008_002079.jpg",
-             kit / "samples" / "dogs.jpg"]
+    paths = [
+        kit / SAMPLE,
+        kit / "samples" / "astronaut.png",
+        kit / "samples" / "2008_002079.jpg",
+        kit / "samples" / "dogs.jpg",
+    ]
     for mirror_onet in (False, True):
         plain = MTCNN(nets=detector.nets, device="cpu", mirror_onet=mirror_onet)
         one_by_one = [plain.detect(path) for path in paths]
-        chunked = MTCNN(nets=detector.nets, device="cpu", batch_size=3, pnet_pixel_budget=150_000, crop_budget=5,
-                        mirror_onet=mirror_onet)
+        chunked = MTCNN(
+            nets=detector.nets,
+            device="cpu",
+            batch_size=3,
+            pnet_pixel_budget=150_000,
+            crop_budget=5,
+            mirror_onet=mirror_onet,
+        )
         for batched in (plain.detect(paths), chunked.detect(paths)):
             for single, together in zip(one_by_one, batched):
                 assert_same_faces(together, single)
@@ -154,14 +164,13 @@ def test_grayscale_rgba_16_bit_and_exif_rotated_files(detector, kit, tmp_path):
     assert len(gray_faces) >= 5 and gray_faces.boxes.shape[1] == 4
     exif_faces = detector.detect(tmp_path / "rotated.jpg")
     assert len(exif_faces) == len(upright)
-    iou = pairwise_iou(torch.from_numpy(exif_faces.boxes), torch.from_numpy(upright.boxes))
+    iou = box_iou(torch.from_numpy(exif_faces.boxes), torch.from_numpy(upright.boxes))
     assert (iou.max(dim=1).values > 0.8).all()
 
 
 def test_thousands_of_candidates_and_a_large_image(detector, kit):
     # Thresholds of 0 let every P-Net window through: thousands of boxes reach R-Net and O-Net.
-    permissive = MTCNN(nets=detector.nets, device="cpu", thresholds=(0.0, 0.0, 0.0), min_face_size=40,
-                       crop_budget=512)
+    permissive = MTCNN(nets=detector.nets, device="cpu", thresholds=(0.0, 0.0, 0.0), min_face_size=40, crop_budget=512)
     stages = permissive.detect_stages([kit / SAMPLE])[0]
     assert len(stages["pnet"]) > 1000
     assert len(stages["onet"]) > 7
@@ -183,8 +192,9 @@ def test_stage_outputs_narrow_down(detector, kit):
 def test_mirrored_onet_changes_the_onet_stage_only(detector, kit):
     plain = MTCNN(nets=detector.nets, device="cpu", mirror_onet=False).detect_stages([kit / SAMPLE])[0]
     mirrored = MTCNN(nets=detector.nets, device="cpu").detect_stages([kit / SAMPLE])[0]
-    by_hand = MTCNN(nets={**detector.nets, "onet": MirrorAveraged(detector.nets["onet"])}, device="cpu",
-                    mirror_onet=False).detect_stages([kit / SAMPLE])[0]
+    by_hand = MTCNN(
+        nets={**detector.nets, "onet": MirrorAveraged(detector.nets["onet"])}, device="cpu", mirror_onet=False
+    ).detect_stages([kit / SAMPLE])[0]
     for stage in ("pnet", "rnet"):
         assert_same_faces(mirrored[stage], plain[stage], atol=0.0)
     assert_same_faces(mirrored["onet"], by_hand["onet"], atol=1e-3)
@@ -215,13 +225,16 @@ def test_landmark_scales_average_the_points_of_the_scaled_onet_windows(kit):
     assert np.abs(faces.landmarks - stages["onet"].landmarks).max() > 0.5
 
 
-@pytest.mark.parametrize("option, value, message", [
-    ("thresholds", (0.6, 0.7), "thresholds needs 3 values"),
-    ("thresholds", (0.6, 0.7, 1.5), "threshold must be in"),
-    ("scale_factor", 1.2, "scale_factor must be in"),
-    ("min_face_size", 0, "min_face_size must be positive"),
-    ("landmark_scales", (1.1, 0.0), "landmark_scales must be positive"),
-])
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("thresholds", (0.6, 0.7), "thresholds needs 3 values"),
+        ("thresholds", (0.6, 0.7, 1.5), "threshold must be in"),
+        ("scale_factor", 1.2, "scale_factor must be in"),
+        ("min_face_size", 0, "min_face_size must be positive"),
+        ("landmark_scales", (1.1, 0.0), "landmark_scales must be positive"),
+    ],
+)
 def test_bad_settings_are_rejected(detector, option, value, message):
     with pytest.raises(ValueError, match=message):
         MTCNN(nets=detector.nets, device="cpu", **{option: value})

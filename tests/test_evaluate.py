@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from mtcnn.cli import main
-from mtcnn.eval.landmarks import (
-    RECALL_IOUS,
-    counted_faces,
-    evaluate_landmarks,
-    evaluate_stages,
-    landmark_errors,
-    stage_recall,
-)
+from mtcnn.eval.landmarks import evaluate_landmarks, landmark_errors
+from mtcnn.eval.recall import RECALL_IOUS, counted_faces, evaluate_stages, stage_recall
 
 # ------------------------------------------------------------------------------ stage recall
 
@@ -45,8 +39,12 @@ def test_stage_recall_equals_slow_reference(seed):
     for _ in range(10):
         faces = rng.integers(0, 40, size=(int(rng.integers(0, 6)), 2)) * 2.0
         faces = np.concatenate([faces, faces + rng.integers(2, 30, size=faces.shape) * 2.0], axis=1)
-        boxes = np.concatenate([faces + rng.integers(-4, 5, size=faces.shape) * 2.0,
-                                rng.integers(0, 60, size=(3, 2)).repeat(2, axis=1) * [1, 1, 1.5, 1.5]])
+        boxes = np.concatenate(
+            [
+                faces + rng.integers(-4, 5, size=faces.shape) * 2.0,
+                rng.integers(0, 60, size=(3, 2)).repeat(2, axis=1) * [1, 1, 1.5, 1.5],
+            ]
+        )
         detections.append(boxes[rng.random(len(boxes)) < 0.7])
         gt_boxes.append(faces)
         invalid.append(rng.random(len(faces)) < 0.2)
@@ -65,7 +63,10 @@ def test_stage_recall_thresholds_and_sizes_at_the_edge():
     assert stage_recall([half], [face], min_size=10).faces == 1  # 20 x 10 is at least 10 each way
     assert stage_recall([half], [face], min_size=10.5).faces == 0
     assert stage_recall([np.zeros((0, 4))], [face]).recalled == {0.5: 0, 0.65: 0}
-    assert counted_faces(np.array([[0, 0, 30, 30], [0, 0, 30, 30]]), 20, np.array([False, True])).tolist() == [True, False]
+    assert counted_faces(np.array([[0, 0, 30, 30], [0, 0, 30, 30]]), 20, np.array([False, True])).tolist() == [
+        True,
+        False,
+    ]
     # one box may cover two faces: proposals are not matched one-to-one
     two = np.array([[0, 0, 10, 10], [0, 0, 10, 11]], np.float32)
     assert stage_recall([half], [two]).recalled[0.65] == 2
@@ -75,10 +76,11 @@ def test_stage_recall_thresholds_and_sizes_at_the_edge():
 def test_stage_recall_on_real_images(kit, reference_weights, tmp_path, capsys):
     from mtcnn.data.readers import read_wider
     from mtcnn.detect.cascade import MTCNN
-    from mtcnn.eval.wider import parse_predictions
+    from mtcnn.eval.wider_files import parse_predictions
 
-    images = read_wider(kit / "widerface" / "wider_face_split" / "wider_face_val_bbx_gt.txt",
-                        kit / "widerface" / "WIDER_val" / "images")[:12]
+    images = read_wider(
+        kit / "widerface" / "wider_face_split" / "wider_face_val_bbx_gt.txt", kit / "widerface" / "WIDER_val" / "images"
+    )[:12]
     detector = MTCNN(reference_weights, device="cpu")
     results = evaluate_stages(detector, images, min_size=20, progress=False)
     assert list(results) == ["pnet", "rnet", "onet"]
@@ -93,18 +95,36 @@ def test_stage_recall_on_real_images(kit, reference_weights, tmp_path, capsys):
         path = kit / "reference_weights" / "wider_val_predictions" / image.path.parent.name / f"{image.path.stem}.txt"
         rows = parse_predictions(path.read_text())
         reference_boxes.append(np.concatenate([rows[:, :2] - 1, rows[:, :2] + rows[:, 2:4] - 1], axis=1))
-    reference = stage_recall(reference_boxes, [image.boxes for image in images], min_size=20,
-                             invalid_per_image=[image.invalid for image in images])
+    reference = stage_recall(
+        reference_boxes,
+        [image.boxes for image in images],
+        min_size=20,
+        invalid_per_image=[image.invalid for image in images],
+    )
     assert reference.faces == results["onet"].faces
     assert abs(results["onet"].recall[0.5] - reference.recall[0.5]) < 0.06
     # The same through the command, with only P-Net weights: it stops after P-Net.
     pnet_only = tmp_path / "weights"
     pnet_only.mkdir()
     (pnet_only / "pnet.pt").symlink_to(reference_weights / "pnet.pt")
-    status = main(["eval", "stages", "--weights", str(pnet_only), "--device", "cpu", "--max-images", "12",
-                   "--images", str(kit / "widerface" / "WIDER_val" / "images"), "--annotations",
-                   str(kit / "widerface" / "wider_face_split" / "wider_face_val_bbx_gt.txt"),
-                   "--out", str(tmp_path / "stages.json")])
+    status = main(
+        [
+            "eval",
+            "stages",
+            "--weights",
+            str(pnet_only),
+            "--device",
+            "cpu",
+            "--max-images",
+            "12",
+            "--images",
+            str(kit / "widerface" / "WIDER_val" / "images"),
+            "--annotations",
+            str(kit / "widerface" / "wider_face_split" / "wider_face_val_bbx_gt.txt"),
+            "--out",
+            str(tmp_path / "stages.json"),
+        ]
+    )
     assert status == 0
     report = json.loads((tmp_path / "stages.json").read_text())
     assert list(report["stages"]) == ["pnet"]
@@ -153,8 +173,11 @@ def test_evaluate_landmarks_matches_detections_and_counts_misses(kit):
 
     faces = read_landmark_list(kit / "landmarks" / "testImageList.txt")[:3]
     box = faces[0].box
-    exact = Faces(np.array([box + [200, 200, 200, 200], box], np.float32), np.array([0.99, 0.9], np.float32),
-                  faces[0].points[None].repeat(2, axis=0) + np.array([[[0, 0]], [[2.0, 0]]], np.float32))
+    exact = Faces(
+        np.array([box + [200, 200, 200, 200], box], np.float32),
+        np.array([0.99, 0.9], np.float32),
+        faces[0].points[None].repeat(2, axis=0) + np.array([[[0, 0]], [[2.0, 0]]], np.float32),
+    )
     result = evaluate_landmarks(faces[:1], FixedDetector(exact), progress=False)
     eye_distance = np.linalg.norm(faces[0].points[0] - faces[0].points[1])
     assert result.missed == 0
@@ -178,7 +201,11 @@ def test_onet_on_given_boxes_places_points_in_the_squared_window():
     averaged = MTCNN(nets={"onet": fixed_onet()}, device="cpu", landmark_scales=(1.5,)).landmarks_in_boxes(image, box)
     np.testing.assert_allclose(averaged[0, 0], [40 + 1.25 * (0.3 - 0.5) * 80, 50 + 1.25 * (0.3 - 0.5) * 80], atol=1e-4)
     np.testing.assert_allclose(averaged[0, 4], [40 + 1.25 * 0.15 * 80, 50 + 1.25 * 0.25 * 80], atol=1e-4)
-    assert MTCNN(nets={"onet": fixed_onet()}, device="cpu").landmarks_in_boxes(image, np.zeros((0, 4))).shape == (0, 5, 2)
+    assert MTCNN(nets={"onet": fixed_onet()}, device="cpu").landmarks_in_boxes(image, np.zeros((0, 4))).shape == (
+        0,
+        5,
+        2,
+    )
 
 
 @pytest.mark.slow
@@ -196,19 +223,54 @@ def test_landmark_error_of_the_reference_weights(kit, reference_weights, tmp_pat
     assert 0.01 < detected.nme < 0.1 and 0.01 < given.nme < 0.1
     list_file = tmp_path / "few.txt"
     list_file.write_text("".join((kit / "landmarks" / "testImageList.txt").read_text().splitlines(True)[:24]))
-    status = main(["eval", "landmarks", "--list", str(list_file), "--images-root", str(kit / "landmarks"),
-                   "--weights", str(reference_weights), "--device", "cpu", "--out", str(tmp_path / "lm.json")])
+    status = main(
+        [
+            "eval",
+            "landmarks",
+            "--list",
+            str(list_file),
+            "--images-root",
+            str(kit / "landmarks"),
+            "--weights",
+            str(reference_weights),
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "lm.json"),
+        ]
+    )
     assert status == 0
     report = json.loads((tmp_path / "lm.json").read_text())
     assert report["nme"] == pytest.approx(detected.nme, abs=1e-6) and report["missed"] == detected.missed
     assert "NME (inter-ocular)" in capsys.readouterr().out
     assert report["detector"]["landmark_scales"] == list(detector.landmark_scales)
     # --no-mirror-onet --landmark-scales none runs O-Net once per face, as the original cascade does.
-    status = main(["eval", "landmarks", "--list", str(list_file), "--images-root", str(kit / "landmarks"),
-                   "--weights", str(reference_weights), "--device", "cpu", "--no-mirror-onet", "--landmark-scales",
-                   "none", "--use-boxes", "--out", str(tmp_path / "lm_once.json")])
-    once = evaluate_landmarks(faces, MTCNN(reference_weights, device="cpu", mirror_onet=False, landmark_scales=()),
-                              use_boxes=True, progress=False)
+    status = main(
+        [
+            "eval",
+            "landmarks",
+            "--list",
+            str(list_file),
+            "--images-root",
+            str(kit / "landmarks"),
+            "--weights",
+            str(reference_weights),
+            "--device",
+            "cpu",
+            "--no-mirror-onet",
+            "--landmark-scales",
+            "none",
+            "--use-boxes",
+            "--out",
+            str(tmp_path / "lm_once.json"),
+        ]
+    )
+    once = evaluate_landmarks(
+        faces,
+        MTCNN(reference_weights, device="cpu", mirror_onet=False, landmark_scales=()),
+        use_boxes=True,
+        progress=False,
+    )
     report = json.loads((tmp_path / "lm_once.json").read_text())
     assert status == 0 and report["detector"]["mirror_onet"] is False and report["detector"]["landmark_scales"] == []
     assert report["nme"] == pytest.approx(once.nme, abs=1e-6) and once.nme != pytest.approx(given.nme, abs=1e-6)

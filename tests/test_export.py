@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from mtcnn.cli import main
-from mtcnn.model.export import OUTPUT_NAMES, export_modules
 from mtcnn.detect.inputs import read_image, to_pixel_tensor
-from mtcnn.model.nets import INPUT_SIZES, STAGES
+from mtcnn.model.export import OUTPUT_NAMES, export_modules
 from mtcnn.model.weights import load_net
+from mtcnn.spec import INPUT_SIZES, STAGES
 
 TOLERANCE = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
@@ -89,8 +89,12 @@ def test_torchscript_matches_pytorch(stage, nets, torchscript_dir, kit):
 def test_export_command(reference_weights, tmp_path, capsys):
     out = tmp_path / "ts"
     assert main(["export", "--weights", str(reference_weights), "--format", "torchscript", "--out", str(out)]) == 0
-    assert sorted(path.name for path in out.iterdir()) == ["export.json", "onet.torchscript.pt",
-                                                           "pnet.torchscript.pt", "rnet.torchscript.pt"]
+    assert sorted(path.name for path in out.iterdir()) == [
+        "export.json",
+        "onet.torchscript.pt",
+        "pnet.torchscript.pt",
+        "rnet.torchscript.pt",
+    ]
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["format"] == "torchscript" and list(manifest["nets"]) == list(STAGES)
     assert manifest["nets"]["onet"]["weights"] == str(reference_weights / "onet.pt")

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from mtcnn.train.losses import combine_loss, hard_example_mask, loss_sums, ohem_kept_count
 from mtcnn.model.nets import NetOutput
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from mtcnn.train.losses import combine_loss, hard_example_mask, loss_sums, ohem_kept_count
 
 WEIGHTS = (1.0, 0.5, 0.25)
 
@@ -17,12 +17,18 @@ WEIGHTS = (1.0, 0.5, 0.25)
 def _batch(labels: list[int], seed: int = 0, pnet_maps: bool = False):
     generator = torch.Generator().manual_seed(seed)
     count = len(labels)
-    output = NetOutput(torch.randn(count, 2, generator=generator) * 2, torch.randn(count, 4, generator=generator),
-                       torch.rand(count, 10, generator=generator))
+    output = NetOutput(
+        torch.randn(count, 2, generator=generator) * 2,
+        torch.randn(count, 4, generator=generator),
+        torch.rand(count, 10, generator=generator),
+    )
     if pnet_maps:
         output = NetOutput(*(tensor[:, :, None, None] for tensor in output))
-    targets = (torch.tensor(labels, dtype=torch.int8), torch.randn(count, 4, generator=generator) * 0.2,
-               torch.rand(count, 10, generator=generator))
+    targets = (
+        torch.tensor(labels, dtype=torch.int8),
+        torch.randn(count, 4, generator=generator) * 0.2,
+        torch.rand(count, 10, generator=generator),
+    )
     return output, targets
 
 
@@ -40,7 +46,7 @@ def _reference(output: NetOutput, labels, boxes, landmarks, keep: float, weights
             box_losses.append(sum((a - b) ** 2 for a, b in zip(box_out[i].tolist(), boxes[i].tolist())))
         if label == LABEL_LANDMARK:
             point_losses.append(sum((a - b) ** 2 for a, b in zip(point_out[i].tolist(), landmarks[i].tolist())))
-    kept = sorted(class_losses, reverse=True)[:math.ceil(keep * len(class_losses) - 1e-9)]
+    kept = sorted(class_losses, reverse=True)[: math.ceil(keep * len(class_losses) - 1e-9)]
     parts = [sum(values) / len(values) if values else 0.0 for values in (kept, box_losses, point_losses)]
     return sum(w * p for w, p in zip(weights, parts)), parts
 
@@ -59,12 +65,15 @@ def test_loss_matches_per_sample_reference(keep, pnet_maps):
         assert parts[name].item() == pytest.approx(value, rel=1e-5), name
 
 
-@pytest.mark.parametrize("labels,zero_parts", [
-    ([0, 0, 0, 0], ("box", "landmark")),
-    ([-2, -2, -2], ("classification", "box")),
-    ([-1, -1], ("classification", "landmark")),
-    ([1, 1, 1], ("landmark",)),
-])
+@pytest.mark.parametrize(
+    "labels,zero_parts",
+    [
+        ([0, 0, 0, 0], ("box", "landmark")),
+        ([-2, -2, -2], ("classification", "box")),
+        ([-1, -1], ("classification", "landmark")),
+        ([1, 1, 1], ("landmark",)),
+    ],
+)
 def test_a_missing_sample_type_contributes_zero_not_nan(labels, zero_parts):
     output, (label_tensor, boxes, landmarks) = _batch(labels)
     # targets that do not apply may hold anything, even NaN; they must not leak in

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtcnn.model.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from mtcnn.config import TrainConfig
 from mtcnn.errors import WeightsError
+from mtcnn.model.checkpoint import atomic_save, load_checkpoint, make_checkpoint
 from mtcnn.model.nets import DROPOUT_HEADS, NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
 from mtcnn.model.weights import load_net, resolve_weight_files
 
@@ -77,7 +77,7 @@ def test_mirror_averaged_is_the_mean_of_a_crop_and_its_mirror_worked_out_by_hand
     with torch.no_grad():
         averaged = MirrorAveraged(net)(pixels)
         for i in range(len(pixels)):
-            plain, mirrored = net(pixels[i:i + 1]), net(pixels[i:i + 1].flip(3))
+            plain, mirrored = net(pixels[i : i + 1]), net(pixels[i : i + 1].flip(3))
             # In the mirror image the face's right edge is on the left: its left offset, negated,
             # is the right offset in the crop as given.
             dx1, dy1, dx2, dy2 = mirrored.box[0]
@@ -134,8 +134,11 @@ def facenet_style_forward(state: dict, stage: str, pixels: torch.Tensor) -> tupl
         x = conv(x, "conv1")
         x = F.max_pool2d(x, 2, 2, ceil_mode=True)
         x = conv(conv(x, "conv2"), "conv3")
-        return (F.conv2d(x, state["conv4_1.weight"], state["conv4_1.bias"]),
-                F.conv2d(x, state["conv4_2.weight"], state["conv4_2.bias"]), None)
+        return (
+            F.conv2d(x, state["conv4_1.weight"], state["conv4_1.bias"]),
+            F.conv2d(x, state["conv4_2.weight"], state["conv4_2.bias"]),
+            None,
+        )
     x = F.max_pool2d(conv(x, "conv1"), 3, 2, ceil_mode=True)
     x = F.max_pool2d(conv(x, "conv2"), 3, 2, ceil_mode=True)
     if stage == "rnet":
@@ -149,8 +152,9 @@ def facenet_style_forward(state: dict, stage: str, pixels: torch.Tensor) -> tupl
         prelu = "prelu5"
     x = x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
     x = F.prelu(F.linear(x, state[f"{dense}.weight"], state[f"{dense}.bias"]), state[f"{prelu}.weight"])
-    return tuple(None if head is None else F.linear(x, state[f"{head}.weight"], state[f"{head}.bias"])
-                 for head in heads)
+    return tuple(
+        None if head is None else F.linear(x, state[f"{head}.weight"], state[f"{head}.bias"]) for head in heads
+    )
 
 
 @pytest.mark.parametrize("stage, size", [("pnet", 40), ("rnet", 24), ("onet", 48)])

@@ -36,11 +36,28 @@ def test_bands_measure_the_share_of_the_needed_correction():
     script = load_script("onet_box_bands")
     faces = np.array([[100, 100, 140, 150], [300, 80, 380, 180]], np.float32)
     # Windows around both faces: IoU 0.75, 0.47, 0.37 and 0.67, 0.48, 0.35 (two per band).
-    windows = torch.tensor([[98, 104, 146, 152], [104, 110, 154, 160], [108, 112, 158, 162],
-                            [290, 90, 390, 190], [315, 100, 405, 190], [320, 110, 410, 200]], dtype=torch.float32)
-    needed = torch.tensor([[(f[0] - w[0]) / (w[2] - w[0]), (f[1] - w[1]) / (w[3] - w[1]),
-                            (f[2] - w[2]) / (w[2] - w[0]), (f[3] - w[3]) / (w[3] - w[1])]
-                           for w, f in zip(windows.tolist(), faces[[0, 0, 0, 1, 1, 1]].tolist())])
+    windows = torch.tensor(
+        [
+            [98, 104, 146, 152],
+            [104, 110, 154, 160],
+            [108, 112, 158, 162],
+            [290, 90, 390, 190],
+            [315, 100, 405, 190],
+            [320, 110, 410, 200],
+        ],
+        dtype=torch.float32,
+    )
+    needed = torch.tensor(
+        [
+            [
+                (f[0] - w[0]) / (w[2] - w[0]),
+                (f[1] - w[1]) / (w[3] - w[1]),
+                (f[2] - w[2]) / (w[2] - w[0]),
+                (f[3] - w[3]) / (w[3] - w[1]),
+            ]
+            for w, f in zip(windows.tolist(), faces[[0, 0, 0, 1, 1, 1]].tolist())
+        ]
+    )
     onets = {name: FixedBoxes(needed, factor) for name, factor in (("exact", 1.0), ("half", 0.5), ("none", 0.0))}
     measured = script.measure_windows(windows, faces, torch.zeros(6, 3, 48, 48), onets)
 
@@ -50,9 +67,11 @@ def test_bands_measure_the_share_of_the_needed_correction():
     np.testing.assert_allclose(measured.refined_iou["exact"], 1.0, rtol=1e-5)
     np.testing.assert_allclose(measured.refined_iou["none"], window_iou, rtol=1e-5)
     half_boxes = windows + 0.5 * (torch.as_tensor(faces[[0, 0, 0, 1, 1, 1]]) - windows)
-    np.testing.assert_allclose(measured.refined_iou["half"],
-                               [slow_iou(b, f) for b, f in zip(half_boxes.tolist(), faces[[0, 0, 0, 1, 1, 1]].tolist())],
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        measured.refined_iou["half"],
+        [slow_iou(b, f) for b, f in zip(half_boxes.tolist(), faces[[0, 0, 0, 1, 1, 1]].tolist())],
+        rtol=1e-5,
+    )
 
     table = script.band_table(measured)
     assert sum(per_net["exact"].windows for per_net in table.values()) == 6
@@ -70,9 +89,14 @@ def test_bands_measure_the_share_of_the_needed_correction():
 
 
 def test_bad_onet_argument_is_a_one_line_error(tmp_path):
-    missing = subprocess.run([sys.executable, str(SCRIPT), "--onet", f"ours={tmp_path / 'none.pt'}", "--device", "cpu"],
-                             capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, str(SCRIPT), "--onet", f"ours={tmp_path / 'none.pt'}", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2
     assert "none.pt" in missing.stderr and "Traceback" not in missing.stderr
-    malformed = subprocess.run([sys.executable, str(SCRIPT), "--onet", "no-equals-sign"], capture_output=True, text=True)
+    malformed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--onet", "no-equals-sign"], capture_output=True, text=True
+    )
     assert malformed.returncode == 2 and "NAME=PATH" in malformed.stderr

@@ -9,11 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from mtcnn.config import OptimConfig, ScheduleConfig, StageConfig, build_config
+from mtcnn import config
+from mtcnn.config import (
+    OptimConfig,
+    ScheduleConfig,
+    StageConfig,
+    build_config,
+    check_optimizer_settings,
+)
 from mtcnn.errors import ConfigError
 from mtcnn.model.nets import PNet
-from mtcnn.train.optim import (OPTIMIZER_NAMES, OPTIMIZERS, SCHEDULE_NAMES, LRSchedule, build_optimizer,
-                         check_optimizer_settings)
+from mtcnn.spec import OPTIMIZER_NAMES, SCHEDULE_NAMES
+from mtcnn.train.optim import OPTIMIZERS, LRSchedule, build_optimizer
 
 SPECIFIC = {"momentum": 0.5, "betas": (0.8, 0.9), "eps": 1e-6, "alpha": 0.9}
 
@@ -25,6 +32,7 @@ def _choices(cls, name: str) -> set[str]:
 def test_config_offers_exactly_the_registered_names():
     assert _choices(OptimConfig, "name") == set(OPTIMIZER_NAMES)
     assert _choices(ScheduleConfig, "name") == set(SCHEDULE_NAMES)
+    assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES and tuple(config.SCHEDULE_SETTINGS) == SCHEDULE_NAMES
     # every optimizer-specific setting of the registry is a config field, and vice versa
     fields = {f.name for f in dataclasses.fields(OptimConfig)} - {"name", "lr", "weight_decay"}
     assert fields == {key for spec in OPTIMIZERS.values() for key in spec.settings}
@@ -35,9 +43,15 @@ def _reference_optimizer(name: str, model: nn.Module, lr: float, weight_decay: f
     weights = [p for p in model.parameters() if p.ndim >= 2]
     others = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": weights, "weight_decay": weight_decay}, {"params": others, "weight_decay": 0.0}]
-    classes = {"sgd": torch.optim.SGD, "momentum": torch.optim.SGD, "nesterov": torch.optim.SGD,
-               "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam,
-               "adamw": torch.optim.AdamW}
+    classes = {
+        "sgd": torch.optim.SGD,
+        "momentum": torch.optim.SGD,
+        "nesterov": torch.optim.SGD,
+        "adagrad": torch.optim.Adagrad,
+        "rmsprop": torch.optim.RMSprop,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+    }
     extra = {"nesterov": True} if name == "nesterov" else {}
     return classes[name](groups, lr=lr, **settings, **extra)
 
@@ -72,8 +86,9 @@ def test_weight_decay_skips_biases_and_prelu_slopes(name):
     optimizer = build_optimizer(net, name, lr=0.1, weight_decay=0.5, **_taken_settings(name))
     decayed, plain = optimizer.param_groups
     assert decayed["weight_decay"] == 0.5 and plain["weight_decay"] == 0.0
-    assert {id(p) for p in plain["params"]} == {id(p) for n, p in net.named_parameters()
-                                                 if n.endswith(".bias") or n.startswith("prelu")}
+    assert {id(p) for p in plain["params"]} == {
+        id(p) for n, p in net.named_parameters() if n.endswith(".bias") or n.startswith("prelu")
+    }
     assert len(decayed["params"]) + len(plain["params"]) == len(list(net.parameters()))
 
 
@@ -138,10 +153,12 @@ def _torch_reference(name: str, optimizer: torch.optim.Optimizer):
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, s["gamma"]), "epoch"
     if name == "cosine":
         base = optimizer.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, EPOCHS * STEPS,
-                                                          eta_min=base * s["min_lr_factor"]), "step"
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, "min", factor=s["gamma"], patience=s["patience"],
-                                                      threshold=s["threshold"]), "plateau"
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, EPOCHS * STEPS, eta_min=base * s["min_lr_factor"]
+        ), "step"
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, "min", factor=s["gamma"], patience=s["patience"], threshold=s["threshold"]
+    ), "plateau"
 
 
 def test_every_schedule_has_a_reference():
@@ -207,12 +224,14 @@ def test_schedule_settings_are_checked_per_schedule():
 
 
 def test_train_section_types_are_strict():
-    for override, message in (("train.batch_size=fll", "expected int or 'full'"),
-                              ("train.optim.lrr=0.1", "unknown key 'train.optim.lrr'; did you mean lr"),
-                              ("train.optim.lr=-1", "train.optim.lr: must be > 0.0"),
-                              ("train.loss.ohem_keep=0", "train.loss.ohem_keep: must be > 0.0"),
-                              ("train.dropout=0.95", "train.dropout: must be <= 0.9"),
-                              ("train.dropout=0.25", "train.dropout must be 0 for pnet")):
+    for override, message in (
+        ("train.batch_size=fll", "expected int or 'full'"),
+        ("train.optim.lrr=0.1", "unknown key 'train.optim.lrr'; did you mean lr"),
+        ("train.optim.lr=-1", "train.optim.lr: must be > 0.0"),
+        ("train.loss.ohem_keep=0", "train.loss.ohem_keep: must be > 0.0"),
+        ("train.dropout=0.95", "train.dropout: must be <= 0.9"),
+        ("train.dropout=0.25", "train.dropout must be 0 for pnet"),
+    ):
         with pytest.raises(ConfigError, match=message):
             build_config(StageConfig, {"stage": "pnet"}, [override])
     assert build_config(StageConfig, {"stage": "pnet"}, ["train.batch_size=full"]).train.batch_size == "full"

@@ -13,8 +13,8 @@ import yaml
 
 from mtcnn.detect.cascade import MTCNN
 from mtcnn.errors import ConfigError
-from mtcnn.pipeline import Pipeline, load_pipeline_config, run_pipeline
 from mtcnn.model.weights import load_net
+from mtcnn.pipeline import Pipeline, load_pipeline_config, run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +29,15 @@ def tiny_stage(stage: str, kit: Path, reference_weights: Path) -> list[str]:
         f"data.wider_val_annotations={kit}/widerface/wider_face_split/wider_face_val_bbx_gt.txt",
         f"data.landmark_train_list={kit}/landmarks/trainImageList.txt",
         f"data.landmark_val_list={kit}/landmarks/testImageList.txt",
-        "prep.limit_images=4", "prep.limit_landmark_faces=24",
+        "prep.limit_images=4",
+        "prep.limit_landmark_faces=24",
         f"train.init_weights={reference_weights}/{stage}.pt",
-        "train.epochs=1", "train.steps_per_epoch=2", "train.batch_size=32", "train.chunk_size=256",
-        "train.schedule.warmup_steps=0", "train.val_image_count=0",
+        "train.epochs=1",
+        "train.steps_per_epoch=2",
+        "train.batch_size=32",
+        "train.chunk_size=256",
+        "train.schedule.warmup_steps=0",
+        "train.val_image_count=0",
     ]
 
 
@@ -45,8 +50,13 @@ def pipeline_config(kit: Path, reference_weights: Path, tmp_path: Path) -> Path:
         "run_dir": str(tmp_path / "run"),
         "device": "cpu",
         "workers": 1,
-        **{stage: {"config": str(REPO / "configs" / f"{stage}.yaml"),
-                   "overrides": tiny_stage(stage, kit, reference_weights)} for stage in ("pnet", "rnet", "onet")},
+        **{
+            stage: {
+                "config": str(REPO / "configs" / f"{stage}.yaml"),
+                "overrides": tiny_stage(stage, kit, reference_weights),
+            }
+            for stage in ("pnet", "rnet", "onet")
+        },
         "evaluate": {"wider_settings": [], "landmark_list": str(landmark_list), "recall_images": 4},
     }
     path = tmp_path / "pipeline.yaml"

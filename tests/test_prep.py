@@ -12,24 +12,27 @@ import torch.nn.functional as F
 
 from mtcnn.cli import main
 from mtcnn.config import StageConfig, build_config
+from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
 from mtcnn.data.readers import read_landmark_list, read_wider
+from mtcnn.data.samples import cut_crops, mirror_targets
+from mtcnn.data.store import SampleStore
 from mtcnn.errors import DataError, MtcnnError
 from mtcnn.model.nets import MIRRORED_POINT_ORDER
-from mtcnn.data.samples import cut_crops, mirror_targets
-from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, SampleStore
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 SMALL = ["prep.limit_images=6", "prep.limit_landmark_faces=40", "prep.images_per_shard=2", "prep.faces_per_shard=20"]
 
 
 def kit_data(kit: Path) -> dict[str, str]:
     wider, marks = kit / "widerface", kit / "landmarks"
-    return {"wider_train_images": str(wider / "WIDER_train" / "images"),
-            "wider_train_annotations": str(wider / "wider_face_split" / "wider_face_train_bbx_gt.txt"),
-            "wider_val_images": str(wider / "WIDER_val" / "images"),
-            "wider_val_annotations": str(wider / "wider_face_split" / "wider_face_val_bbx_gt.txt"),
-            "landmark_train_list": str(marks / "trainImageList.txt"),
-            "landmark_val_list": str(marks / "testImageList.txt")}
+    return {
+        "wider_train_images": str(wider / "WIDER_train" / "images"),
+        "wider_train_annotations": str(wider / "wider_face_split" / "wider_face_train_bbx_gt.txt"),
+        "wider_val_images": str(wider / "WIDER_val" / "images"),
+        "wider_val_annotations": str(wider / "wider_face_split" / "wider_face_val_bbx_gt.txt"),
+        "landmark_train_list": str(marks / "trainImageList.txt"),
+        "landmark_val_list": str(marks / "testImageList.txt"),
+    }
 
 
 def kit_config(kit: Path, stage: str = "pnet", overrides=(), data: dict | None = None) -> StageConfig:
@@ -52,7 +55,7 @@ def reference_crop(image: np.ndarray, window: np.ndarray, size: int) -> np.ndarr
     padded = np.zeros((y2 - y1, x2 - x1, 3), np.float64)
     sx1, sy1, sx2, sy2 = max(x1, 0), max(y1, 0), min(x2, width), min(y2, height)
     if sx2 > sx1 and sy2 > sy1:
-        padded[sy1 - y1:sy2 - y1, sx1 - x1:sx2 - x1] = image[sy1:sy2, sx1:sx2]
+        padded[sy1 - y1 : sy2 - y1, sx1 - x1 : sx2 - x1] = image[sy1:sy2, sx1:sx2]
     tensor = torch.from_numpy(padded).permute(2, 0, 1)[None]
     return F.interpolate(tensor, size=(size, size), mode="area")[0].permute(1, 2, 0).numpy()
 
@@ -122,7 +125,7 @@ def test_landmark_targets_decode_to_the_annotation_mirrored_or_not(pnet_store):
     assert np.abs(rotation).max() <= config.prep.landmarks.max_rotation
     for i in marks:
         face, window = faces[origin[i, 1]], windows[i].astype(np.float64)
-        boxes, points = store.boxes[i:i + 1], store.landmarks[i:i + 1]
+        boxes, points = store.boxes[i : i + 1], store.landmarks[i : i + 1]
         if transform[i, 0]:
             boxes, points = mirror_targets(boxes, points)  # mirroring twice is the identity
         expected_points = face.points.astype(np.float64)
@@ -137,8 +140,9 @@ def test_landmark_targets_decode_to_the_annotation_mirrored_or_not(pnet_store):
         np.testing.assert_allclose(decode_box(boxes[0], window), face.box, atol=2e-3)
         assert ((store.landmarks[i] >= 0) & (store.landmarks[i] <= 1)).all()
         if not angle:
-            expected_crop = reference_crop(cv2.cvtColor(cv2.imread(str(face.path)), cv2.COLOR_BGR2RGB), window,
-                                           store.size)
+            expected_crop = reference_crop(
+                cv2.cvtColor(cv2.imread(str(face.path)), cv2.COLOR_BGR2RGB), window, store.size
+            )
             if transform[i, 0]:
                 expected_crop = expected_crop[:, ::-1]
             assert np.abs(store.images[i].astype(np.float64) - expected_crop).max() <= 0.5 + 1e-6
@@ -155,15 +159,17 @@ def test_mirror_targets_by_hand():
     points = np.arange(10, dtype=np.float32)[None] / 10  # (0, .1) (.2, .3) (.4, .5) (.6, .7) (.8, .9)
     mirrored_boxes, mirrored_points = mirror_targets(boxes, points)
     np.testing.assert_allclose(mirrored_boxes, [[0.2, -0.05, -0.1, 0.15]])
-    np.testing.assert_allclose(mirrored_points.reshape(5, 2), [[0.8, 0.3], [1.0, 0.1], [0.6, 0.5], [0.2, 0.9],
-                                                               [0.4, 0.7]], atol=1e-6)
+    np.testing.assert_allclose(
+        mirrored_points.reshape(5, 2), [[0.8, 0.3], [1.0, 0.1], [0.6, 0.5], [0.2, 0.9], [0.4, 0.7]], atol=1e-6
+    )
     assert MIRRORED_POINT_ORDER == (1, 0, 2, 4, 3)
     # A mirrored crop's pixels are the horizontal flip of the crop of the mirrored image.
     image = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     window = np.array([[7, 5, 30, 28]], np.float32)
     flipped_window = np.array([[50 - 30, 5, 50 - 7, 28]], np.float32)
-    np.testing.assert_array_equal(cut_crops(image, window, 12)[:, :, ::-1],
-                                  cut_crops(image[:, ::-1], flipped_window, 12))
+    np.testing.assert_array_equal(
+        cut_crops(image, window, 12)[:, :, ::-1], cut_crops(image[:, ::-1], flipped_window, 12)
+    )
 
 
 @pytest.mark.slow
@@ -175,12 +181,12 @@ def test_same_seed_same_arrays_with_one_and_two_workers(kit: Path, tmp_path: Pat
         np.testing.assert_array_equal(getattr(store_one, name), getattr(store_two, name))
     np.testing.assert_array_equal(store_one.extra("window"), store_two.extra("window"))
     assert store_one.manifest["counts"] == store_two.manifest["counts"]
-    other_seed = kit_config(kit, overrides=SMALL + ["prep.seed=1", "prep.limit_images=2",
-                                                    "prep.limit_landmark_faces=0"])
+    other_seed = kit_config(
+        kit, overrides=SMALL + ["prep.seed=1", "prep.limit_images=2", "prep.limit_landmark_faces=0"]
+    )
     prepare("pnet", other_seed, tmp_path / "seed1", workers=1)
     first = np.flatnonzero(store_one.extra("origin")[:, 1] < 2)
-    assert not np.array_equal(SampleStore.open(tmp_path / "seed1").extra("window"),
-                              store_one.extra("window")[first])
+    assert not np.array_equal(SampleStore.open(tmp_path / "seed1").extra("window"), store_one.extra("window")[first])
 
 
 def test_interrupted_run_resumes_to_the_same_result(pnet_store, tmp_path: Path, monkeypatch):
@@ -223,8 +229,10 @@ def test_interrupted_run_resumes_to_the_same_result(pnet_store, tmp_path: Path, 
 def _tiny_wider(kit: Path, tmp_path: Path, extra: str = "") -> dict[str, str]:
     """A WIDER-format file of two real images, a missing one and a corrupt one."""
     images = tmp_path / "images"
-    real = read_wider(kit / "widerface" / "wider_face_split" / "wider_face_train_bbx_gt.txt",
-                      kit / "widerface" / "WIDER_train" / "images")[:2]
+    real = read_wider(
+        kit / "widerface" / "wider_face_split" / "wider_face_train_bbx_gt.txt",
+        kit / "widerface" / "WIDER_train" / "images",
+    )[:2]
     lines = []
     for image in real:
         (images / image.name).parent.mkdir(parents=True, exist_ok=True)
@@ -241,8 +249,10 @@ def _tiny_wider(kit: Path, tmp_path: Path, extra: str = "") -> dict[str, str]:
 
 def test_unreadable_images_and_bad_points_are_skipped_and_counted(kit: Path, tmp_path: Path, caplog):
     marks = read_landmark_list(kit / "landmarks" / "trainImageList.txt")[:3]
-    lines = [[str(face.path)] + line.split()[1:]
-             for face, line in zip(marks, (kit / "landmarks" / "trainImageList.txt").read_text().splitlines())]
+    lines = [
+        [str(face.path)] + line.split()[1:]
+        for face, line in zip(marks, (kit / "landmarks" / "trainImageList.txt").read_text().splitlines())
+    ]
     lines[2][5] = "400.0"  # left eye x beyond the 154 px image
     landmark_list = tmp_path / "marks.txt"
     landmark_list.write_text("".join(" ".join(line) + "\n" for line in lines))
@@ -268,8 +278,9 @@ def test_broken_inputs_stop_with_file_and_line(kit: Path, tmp_path: Path, capsys
     with pytest.raises(MtcnnError, match="the config is for pnet, not rnet"):
         prepare("rnet", kit_config(kit), tmp_path / "out", weights={"pnet": "x.pt"})
     config_file = tmp_path / "pnet.yaml"
-    config_file.write_text(f"stage: pnet\ndata:\n  wider_train_annotations: {data['wider_train_annotations']}\n"
-                           "prep:\n  part_iou: 0.9\n")
+    config_file.write_text(
+        f"stage: pnet\ndata:\n  wider_train_annotations: {data['wider_train_annotations']}\nprep:\n  part_iou: 0.9\n"
+    )
     assert main(["prep", "pnet", "--config", str(config_file), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "part_iou" in error and len(error.strip().splitlines()) == 1
@@ -279,8 +290,20 @@ def test_cli_prep_and_inspect(kit: Path, tmp_path: Path, capsys, monkeypatch):
     config_file = tmp_path / "pnet.yaml"
     data_lines = "".join(f"  {key}: {value}\n" for key, value in kit_data(kit).items())
     config_file.write_text(f"stage: pnet\ndata:\n{data_lines}")
-    args = ["prep", "pnet", "--config", str(config_file), "--out", str(tmp_path / "s"), "--workers", "1",
-            "--set", "prep.limit_images=2", "--set", "prep.limit_landmark_faces=10"]
+    args = [
+        "prep",
+        "pnet",
+        "--config",
+        str(config_file),
+        "--out",
+        str(tmp_path / "s"),
+        "--workers",
+        "1",
+        "--set",
+        "prep.limit_images=2",
+        "--set",
+        "prep.limit_landmark_faces=10",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     store = SampleStore.open(tmp_path / "s")
@@ -296,12 +319,18 @@ def test_cli_prep_and_inspect(kit: Path, tmp_path: Path, capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_rnet_mining_labels_and_crops_match_the_detector(kit: Path, reference_weights: Path, tmp_path: Path):
-    from mtcnn.ops.boxes import crop_and_resize, square_boxes
     from mtcnn.detect.cascade import MTCNN
     from mtcnn.detect.inputs import read_image, to_pixel_tensor
+    from mtcnn.ops.boxes import square_boxes
+    from mtcnn.ops.resample import crop_and_resize
 
-    overrides = ["prep.limit_images=3", "prep.limit_landmark_faces=10", "prep.images_per_shard=2",
-                 "mining.max_negatives_per_image=15", "mining.face_crops_per_face=3"]
+    overrides = [
+        "prep.limit_images=3",
+        "prep.limit_landmark_faces=10",
+        "prep.images_per_shard=2",
+        "mining.max_negatives_per_image=15",
+        "mining.face_crops_per_face=3",
+    ]
     config = kit_config(kit, "rnet", overrides)
     summary = prepare("rnet", config, tmp_path / "r", workers=1, weights={"pnet": reference_weights / "pnet.pt"})
     store = SampleStore.open(tmp_path / "r")
@@ -319,8 +348,9 @@ def test_rnet_mining_labels_and_crops_match_the_detector(kit: Path, reference_we
         faces = annotation.boxes.astype(np.float64)
         # Every mined window is one of the detector's squares, cut exactly as R-Net gets it.
         crops = crop_and_resize(to_pixel_tensor(image), torch.from_numpy(windows[mine]), 24)
-        np.testing.assert_array_equal(store.images[mine], crops.round().clamp(0, 255).to(torch.uint8)
-                                      .permute(0, 2, 3, 1).numpy())
+        np.testing.assert_array_equal(
+            store.images[mine], crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        )
         for i in mine:
             # A window is one of the detector's squares, or one of the jittered squares added
             # around a face, which are positives or parts only.
@@ -332,8 +362,9 @@ def test_rnet_mining_labels_and_crops_match_the_detector(kit: Path, reference_we
                 assert iou.max() < 0.3
             else:
                 assert iou.max() >= (0.65 if store.labels[i] == LABEL_POSITIVE else 0.4)
-                np.testing.assert_allclose(decode_box(store.boxes[i], windows[i].astype(np.float64)),
-                                           faces[iou.argmax()], atol=1e-2)
+                np.testing.assert_allclose(
+                    decode_box(store.boxes[i], windows[i].astype(np.float64)), faces[iou.argmax()], atol=1e-2
+                )
         longer = np.maximum(faces[:, 2] - faces[:, 0], faces[:, 3] - faces[:, 1])
         for face in faces[~annotation.invalid & (longer >= 20)]:
             usable_faces += 1
@@ -365,7 +396,7 @@ def test_rotated_and_mirrored_pixels_follow_their_landmark_targets(mirror: float
     image = np.zeros((160, 160, 3), np.uint8)
     points = np.array([[60, 62], [100, 58], [82, 85], [64, 108], [98, 110]], np.float32)
     for index, (x, y) in enumerate(points):
-        image[int(y) - 2:int(y) + 3, int(x) - 2:int(x) + 3] = 255 if index != 2 else 128  # nose dimmer
+        image[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3] = 255 if index != 2 else 128  # nose dimmer
     face = LandmarkFace(Path("synthetic.png"), np.array([40, 40, 120, 130], np.float32), points, Path("l.txt"), 1)
     config = LandmarkCropConfig(crops_per_face=30, mirror_probability=mirror, rotate_probability=1.0, max_rotation=30)
     samples = landmark_crops(image, face, np.random.default_rng(4), config, 48)
@@ -373,7 +404,7 @@ def test_rotated_and_mirrored_pixels_follow_their_landmark_targets(mirror: float
     assert samples.mirrored.all() == bool(mirror)
     for crop, targets in zip(samples.images, samples.landmarks):
         for index, (x, y) in enumerate(targets.reshape(5, 2) * 48):
-            patch = crop[max(int(y) - 1, 0):int(y) + 2, max(int(x) - 1, 0):int(x) + 2]
+            patch = crop[max(int(y) - 1, 0) : int(y) + 2, max(int(x) - 1, 0) : int(x) + 2]
             expected = 255 if index != 2 else 128
             assert patch.max() >= 0.5 * expected, (index, x, y)
         eyes = targets.reshape(5, 2)[:2]
@@ -388,11 +419,13 @@ def test_landmark_crops_may_cross_the_border_zero_padded_like_the_detector():
     image = np.full((100, 100, 3), 200, np.uint8)  # the face fills the image, as in CNN_FacePoint lists
     points = np.array([[35, 40], [65, 40], [50, 55], [38, 72], [62, 72]], np.float32)
     face = LandmarkFace(Path("synthetic.png"), np.array([10, 10, 90, 90], np.float32), points, Path("l.txt"), 1)
-    settings = dict(crops_per_face=40, min_iou=0.3, size_range=(0.8, 1.7), rotate_probability=0.0,
-                    mirror_probability=0.0)
+    settings = dict(
+        crops_per_face=40, min_iou=0.3, size_range=(0.8, 1.7), rotate_probability=0.0, mirror_probability=0.0
+    )
     inside = landmark_crops(image, face, np.random.default_rng(0), LandmarkCropConfig(**settings), 48)
-    padded = landmark_crops(image, face, np.random.default_rng(0),
-                            LandmarkCropConfig(**settings, inside_image=False), 48)
+    padded = landmark_crops(
+        image, face, np.random.default_rng(0), LandmarkCropConfig(**settings, inside_image=False), 48
+    )
     assert len(padded) > len(inside)
     assert (inside.images > 0).all()  # every kept crop lies inside the image
     crossing = (padded.images == 0).all(axis=3).any(axis=(1, 2))

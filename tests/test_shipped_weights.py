@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.ops import box_iou
 
 from mtcnn import cli
-from mtcnn.ops.boxes import pairwise_iou
-from mtcnn.model.checkpoint import load_checkpoint
 from mtcnn.detect.cascade import MTCNN
 from mtcnn.errors import WeightsError
-from mtcnn.model.weights import STAGES, packaged_weights_dir, stage_weights_file
+from mtcnn.model.checkpoint import load_checkpoint
+from mtcnn.model.weights import packaged_weights_dir, stage_weights_file
+from mtcnn.spec import STAGES
 
 SAMPLE = "samples/2007_007763.jpg"  # seven frontal faces, 375 x 500
 
@@ -30,7 +31,7 @@ def test_the_default_detector_finds_the_faces_of_a_photo(kit):
     reference = json.loads((kit / "reference_detections.json").read_text())["images"][SAMPLE]
     faces = MTCNN(device="cpu").detect(kit / SAMPLE)
     truth = torch.tensor([face["box"] for face in reference])
-    iou = pairwise_iou(truth, torch.from_numpy(faces.boxes))
+    iou = box_iou(truth, torch.from_numpy(faces.boxes))
     assert len(faces) >= len(reference)
     # Every face the original MTCNN finds here is found, and nothing far from a face is.
     assert bool((iou.max(dim=1).values >= 0.5).all())
@@ -75,6 +76,23 @@ def test_prep_mines_with_the_shipped_nets_when_told_shipped(kit, tmp_path, monke
 
     monkeypatch.setattr("mtcnn.data.prepare.prepare", recording_prepare)
     config = Path(__file__).resolve().parents[1] / "configs" / "onet.yaml"
-    assert cli.main(["prep", "onet", "--config", str(config), "--out", str(tmp_path / "store"),
-                     "--pnet", "shipped", "--rnet", "shipped", "--device", "cpu"]) != 0
+    assert (
+        cli.main(
+            [
+                "prep",
+                "onet",
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "store"),
+                "--pnet",
+                "shipped",
+                "--rnet",
+                "shipped",
+                "--device",
+                "cpu",
+            ]
+        )
+        != 0
+    )
     assert used == {stage: packaged_weights_dir() / f"{stage}.pt" for stage in ("pnet", "rnet")}

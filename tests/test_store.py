@@ -8,14 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtcnn.errors import DataError
 from mtcnn.data.store import (
     FORMAT_VERSION,
-    LABEL_LANDMARK,
-    LABEL_NAMES,
-    LABEL_NEGATIVE,
-    LABEL_PART,
-    LABEL_POSITIVE,
     SampleStore,
     finish_store,
     read_shard_meta,
@@ -23,6 +17,8 @@ from mtcnn.data.store import (
     write_shard,
     write_store,
 )
+from mtcnn.errors import DataError
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 
 def _arrays(count: int, size: int = 12, seed: int = 0):

@@ -21,12 +21,21 @@ def synthetic_store(path: Path, shards: int = 3, per_shard: int = 40, images: in
     for index in range(shards):
         count = per_shard
         source = (rng.random(count) < 0.3).astype(np.int32)
-        origin = np.stack([source, np.where(source == SOURCE_WIDER, rng.integers(0, images, count),
-                                            rng.integers(0, faces, count))], axis=1).astype(np.int32)
+        origin = np.stack(
+            [source, np.where(source == SOURCE_WIDER, rng.integers(0, images, count), rng.integers(0, faces, count))],
+            axis=1,
+        ).astype(np.int32)
         labels = np.where(source == SOURCE_LANDMARKS, -2, rng.integers(-1, 2, count)).astype(np.int8)
-        write_shard(path, index, 12, rng.integers(0, 256, (count, 12, 12, 3), dtype=np.uint8), labels,
-                    rng.random((count, 4), dtype=np.float32), rng.random((count, 10), dtype=np.float32),
-                    extras={"origin": origin, "window": rng.random((count, 4), dtype=np.float32)})
+        write_shard(
+            path,
+            index,
+            12,
+            rng.integers(0, 256, (count, 12, 12, 3), dtype=np.uint8),
+            labels,
+            rng.random((count, 4), dtype=np.float32),
+            rng.random((count, 10), dtype=np.float32),
+            extras={"origin": origin, "window": rng.random((count, 4), dtype=np.float32)},
+        )
     finish_store(path, "pnet", range(shards), {"sources": {"wider_images_used": images, "landmark_faces_used": faces}})
     return path
 
@@ -52,8 +61,18 @@ def test_subset_equals_preparing_only_those_images(kit: Path, tmp_path: Path):
 @pytest.mark.parametrize("wider, landmarks", [(0.25, 1.0), (0.5, 0.3), (1.0, 1.0)])
 def test_fractions_keep_every_sample_of_the_chosen_inputs_and_no_other(tmp_path: Path, wider, landmarks):
     source = SampleStore.open(synthetic_store(tmp_path / "store"))
-    rc = subset_store.main([str(source.path), str(tmp_path / "out"), "--wider-fraction", str(wider),
-                            "--landmark-fraction", str(landmarks), "--seed", "3"])
+    rc = subset_store.main(
+        [
+            str(source.path),
+            str(tmp_path / "out"),
+            "--wider-fraction",
+            str(wider),
+            "--landmark-fraction",
+            str(landmarks),
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     got = SampleStore.open(tmp_path / "out")
     record = got.manifest["subset"]
@@ -71,8 +90,10 @@ def test_fractions_keep_every_sample_of_the_chosen_inputs_and_no_other(tmp_path:
 def test_other_seeds_choose_other_images(tmp_path: Path):
     source = synthetic_store(tmp_path / "store")
     for seed in (0, 1):
-        assert subset_store.main([str(source), str(tmp_path / f"s{seed}"), "--wider-fraction", "0.5",
-                                  "--seed", str(seed)]) == 0
+        assert (
+            subset_store.main([str(source), str(tmp_path / f"s{seed}"), "--wider-fraction", "0.5", "--seed", str(seed)])
+            == 0
+        )
     picks = [SampleStore.open(tmp_path / f"s{seed}").manifest["subset"]["wider_images"] for seed in (0, 1)]
     assert picks[0] != picks[1]
 
@@ -88,8 +109,15 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys):
     assert subset_store.main([str(tmp_path / "nowhere"), str(tmp_path / "o2"), "--wider-fraction", "0.5"]) == 2
     assert "no such sample store folder" in capsys.readouterr().err
     bare = tmp_path / "bare"
-    write_shard(bare, 0, 12, np.zeros((2, 12, 12, 3), np.uint8), np.zeros(2, np.int8), np.zeros((2, 4), np.float32),
-                np.zeros((2, 10), np.float32))
+    write_shard(
+        bare,
+        0,
+        12,
+        np.zeros((2, 12, 12, 3), np.uint8),
+        np.zeros(2, np.int8),
+        np.zeros((2, 4), np.float32),
+        np.zeros((2, 10), np.float32),
+    )
     finish_store(bare, "pnet", [0])
     assert subset_store.main([str(bare), str(tmp_path / "o3"), "--wider-fraction", "0.5"]) == 2
     err = capsys.readouterr().err

@@ -11,14 +11,19 @@ import pytest
 import torch
 import yaml
 
-from mtcnn.model.checkpoint import load_checkpoint
 from mtcnn.cli import main, train_onet, train_pnet, train_rnet
+from mtcnn.model.checkpoint import load_checkpoint
 from mtcnn.model.weights import load_net
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny"
-NO_RANDOMNESS = ("loss.ohem_keep=1.0", "augment.flip=false", "augment.brightness=0", "augment.contrast=0",
-                 "augment.saturation=0")
+NO_RANDOMNESS = (
+    "loss.ohem_keep=1.0",
+    "augment.flip=false",
+    "augment.brightness=0",
+    "augment.contrast=0",
+    "augment.saturation=0",
+)
 
 
 def _stores(kit_store, stage: str) -> list[str]:
@@ -26,8 +31,20 @@ def _stores(kit_store, stage: str) -> list[str]:
 
 
 def test_train_pnet_writes_a_run_folder_whose_best_checkpoint_loads_as_a_detector_net(kit_store, tmp_path, capsys):
-    code = train_pnet(["--config", str(TINY / "pnet.yaml"), "--device", "cpu", "--out-dir", str(tmp_path),
-                       "--set", *_stores(kit_store, "pnet"), "train.epochs=1", "optim.lr=0.002"])
+    code = train_pnet(
+        [
+            "--config",
+            str(TINY / "pnet.yaml"),
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--set",
+            *_stores(kit_store, "pnet"),
+            "train.epochs=1",
+            "optim.lr=0.002",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert written["train"]["optim"]["lr"] == 0.002 and written["train"]["epochs"] == 1
@@ -37,11 +54,22 @@ def test_train_pnet_writes_a_run_folder_whose_best_checkpoint_loads_as_a_detecto
     assert net(torch.zeros(1, 3, 12, 12)).logits.shape == (1, 2, 1, 1)
 
 
-@pytest.mark.parametrize("stage,command,weights", [("rnet", train_rnet, [1.0, 0.5, 0.5]),
-                                                    ("onet", train_onet, [1.0, 0.5, 1.0])])
+@pytest.mark.parametrize(
+    "stage,command,weights", [("rnet", train_rnet, [1.0, 0.5, 0.5]), ("onet", train_onet, [1.0, 0.5, 1.0])]
+)
 def test_rnet_and_onet_train_with_their_paper_task_weights(kit_store, tmp_path, capsys, stage, command, weights):
-    code = command(["--config", str(TINY / f"{stage}.yaml"), "--device", "cpu", "--out-dir", str(tmp_path),
-                    "--set", *_stores(kit_store, stage)])
+    code = command(
+        [
+            "--config",
+            str(TINY / f"{stage}.yaml"),
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--set",
+            *_stores(kit_store, stage),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["loss"]["task_weights"] == weights
     history = load_checkpoint(tmp_path / "last.pt")["training"]["history"]
@@ -73,11 +101,21 @@ def test_config_mistakes_are_one_line_errors_naming_the_key(kit_store, tmp_path,
 
 
 def test_resume_from_the_checkpoint_alone_continues_the_run(kit_store, tmp_path, capsys):
-    args = ["--config", str(TINY / "pnet.yaml"), "--device", "cpu", "--out-dir", str(tmp_path),
-            "--set", *_stores(kit_store, "pnet"), "epochs=1"]
+    args = [
+        "--config",
+        str(TINY / "pnet.yaml"),
+        "--device",
+        "cpu",
+        "--out-dir",
+        str(tmp_path),
+        "--set",
+        *_stores(kit_store, "pnet"),
+        "epochs=1",
+    ]
     assert train_pnet(args) == 0
-    assert _error(capsys, train_pnet(args)).endswith(f"continue it with --resume {tmp_path / 'last.pt'} or choose "
-                                                     "another --out-dir")
+    assert _error(capsys, train_pnet(args)).endswith(
+        f"continue it with --resume {tmp_path / 'last.pt'} or choose another --out-dir"
+    )
     assert main(["train", "pnet", "--device", "cpu", "--resume", str(tmp_path / "last.pt"), "--set", "epochs=2"]) == 0
     resumed = load_checkpoint(tmp_path / "last.pt")
     assert resumed["training"]["epoch"] == 2 and resumed["config"]["train"]["epochs"] == 2
@@ -90,12 +128,39 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(kit_store, tmp_path
     each take the same steps as one process with all of it (hard example mining and
     augmentation off, as those are per rank)."""
     options = ["--config", str(TINY / "pnet.yaml"), "--device", "cpu"]
-    settings = ["--set", *_stores(kit_store, "pnet"), "epochs=1", "val_image_count=0", f"batch_size={batch_size}",
-                "chunk_size=256", *NO_RANDOMNESS]
+    settings = [
+        "--set",
+        *_stores(kit_store, "pnet"),
+        "epochs=1",
+        "val_image_count=0",
+        f"batch_size={batch_size}",
+        "chunk_size=256",
+        *NO_RANDOMNESS,
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "mtcnn", "train", "pnet", *options, "--out-dir", str(tmp_path / "ddp"), *settings],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mtcnn",
+            "train",
+            "pnet",
+            *options,
+            "--out-dir",
+            str(tmp_path / "ddp"),
+            *settings,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr.count("pnet epoch 1/1") == 1  # rank 0 alone logs
     assert "Grad strides do not match" not in done.stderr
@@ -103,5 +168,6 @@ def test_torchrun_with_two_cpu_processes_matches_one_process(kit_store, tmp_path
     ddp, single = (load_checkpoint(tmp_path / name / "last.pt") for name in ("ddp", "single"))
     for key, value in single["model"].items():
         assert torch.allclose(ddp["model"][key], value, atol=1e-5), key
-    assert ddp["training"]["history"][0]["train_loss"] == pytest.approx(single["training"]["history"][0]["train_loss"],
-                                                                         rel=1e-5)
+    assert ddp["training"]["history"][0]["train_loss"] == pytest.approx(
+        single["training"]["history"][0]["train_loss"], rel=1e-5
+    )

@@ -12,13 +12,12 @@ import scipy.io
 
 from mtcnn.cli import main
 from mtcnn.errors import DataError
-from mtcnn.eval.wider import (
+from mtcnn.eval.wider import SETTINGS, evaluate_wider
+from mtcnn.eval.wider_files import (
     DETECTOR_RECORD,
-    SETTINGS,
     WiderGroundTruth,
     WiderGroundTruthImage,
     detect_wider,
-    evaluate_wider,
     format_predictions,
     load_ground_truth,
     parse_predictions,
@@ -49,8 +48,14 @@ def write_ground_truth(folder: Path, images: list[WiderGroundTruthImage]) -> Pat
     }
     scipy.io.savemat(folder / "wider_face_val.mat", common)
     for setting in SETTINGS:
-        gt_list = _cells([_cells([(np.flatnonzero(image.listed[setting]) + 1).reshape(-1, 1).astype(np.float64)
-                                  for image in group]) for group in per_event])
+        gt_list = _cells(
+            [
+                _cells(
+                    [(np.flatnonzero(image.listed[setting]) + 1).reshape(-1, 1).astype(np.float64) for image in group]
+                )
+                for group in per_event
+            ]
+        )
         scipy.io.savemat(folder / f"wider_{setting}_val.mat", {**common, "gt_list": gt_list})
     return folder
 
@@ -68,8 +73,12 @@ def rows(*predictions: tuple) -> np.ndarray:
     return table[np.argsort(-table[:, 4], kind="stable")]
 
 
-def official_reference(ground_truth: WiderGroundTruth, predictions: dict[str, np.ndarray],
-                       iou_threshold: float = 0.5, num_thresholds: int = 1000) -> dict[str, float]:
+def official_reference(
+    ground_truth: WiderGroundTruth,
+    predictions: dict[str, np.ndarray],
+    iou_threshold: float = 0.5,
+    num_thresholds: int = 1000,
+) -> dict[str, float]:
     """The official evaluation written out as the MATLAB code does it: loops, one prediction and one
     threshold at a time. Slow; the reference for the vectorised version."""
     scores = [value for table in predictions.values() for value in table[:, 4]]
@@ -111,7 +120,7 @@ def official_reference(ground_truth: WiderGroundTruth, predictions: dict[str, np
                 above = [k for k, s in enumerate(normalized) if s >= threshold]
                 if above:
                     last = above[-1]
-                    curve[t, 0] += sum(1 for p in proposal_list[:last + 1] if p == 1)
+                    curve[t, 0] += sum(1 for p in proposal_list[: last + 1] if p == 1)
                     curve[t, 1] += pred_recall[last]
         precision = [c[1] / c[0] if c[0] else float("nan") for c in curve]
         recall = [c[1] / faces for c in curve]
@@ -164,12 +173,13 @@ def test_vectorised_protocol_equals_the_official_loops(seed):
 
 
 def test_perfect_detector_scores_one():
-    images = [gt_image("0--A", "a", [[10, 10, 20, 24], [50, 10, 18, 20]], [True, False]),
-              gt_image("0--A", "b", [[0, 0, 30, 30]]),
-              gt_image("1--B", "c", [[5, 5, 8, 9], [40, 40, 50, 60], [100, 10, 20, 20]])]
+    images = [
+        gt_image("0--A", "a", [[10, 10, 20, 24], [50, 10, 18, 20]], [True, False]),
+        gt_image("0--A", "b", [[0, 0, 30, 30]]),
+        gt_image("1--B", "c", [[5, 5, 8, 9], [40, 40, 50, 60], [100, 10, 20, 20]]),
+    ]
     ground_truth = WiderGroundTruth(images)
-    predictions = {image.key: rows(*[(*box, 0.5 + 0.1 * k) for k, box in enumerate(image.boxes)])
-                   for image in images}
+    predictions = {image.key: rows(*[(*box, 0.5 + 0.1 * k) for k, box in enumerate(image.boxes)]) for image in images}
     assert evaluate_wider(ground_truth, predictions).ap == pytest.approx(dict.fromkeys(SETTINGS, 1.0))
     # All scores equal: the official code would divide by zero; we keep every prediction.
     constant = {key: np.concatenate([table[:, :4], np.ones((len(table), 1))], 1) for key, table in predictions.items()}
@@ -193,12 +203,18 @@ def test_duplicates_recall_once_and_count_as_false_positives():
 
 
 def test_images_without_faces_or_predictions():
-    ground_truth = WiderGroundTruth([gt_image("0--A", "faces", [[10, 10, 20, 20]]),
-                                     gt_image("0--A", "empty", []),
-                                     gt_image("1--B", "unpredicted", [[10, 10, 20, 20]])])
-    predictions = {"0--A/faces": rows((10, 10, 20, 20, 0.5)),
-                   # the official code skips images without faces, their predictions included
-                   "0--A/empty": rows((10, 10, 20, 20, 0.9))}
+    ground_truth = WiderGroundTruth(
+        [
+            gt_image("0--A", "faces", [[10, 10, 20, 20]]),
+            gt_image("0--A", "empty", []),
+            gt_image("1--B", "unpredicted", [[10, 10, 20, 20]]),
+        ]
+    )
+    predictions = {
+        "0--A/faces": rows((10, 10, 20, 20, 0.5)),
+        # the official code skips images without faces, their predictions included
+        "0--A/empty": rows((10, 10, 20, 20, 0.9)),
+    }
     result = evaluate_wider(ground_truth, predictions)
     assert result.ap == pytest.approx(dict.fromkeys(SETTINGS, 0.5))  # one of two faces, precision 1
     assert result.curves["easy"].num_faces == 2
@@ -242,14 +258,17 @@ def test_prediction_text_is_sorted_by_score_in_xywh():
     np.testing.assert_allclose(parse_predictions(text), [[5, 5, 3, 4, 0.9], [1, 2, 10, 20, 0.2]])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name\n3\n1 2 3 4 0.5\n", "line 2 says 3 faces but 1 box lines follow"),
-    ("name\n1\n1 2 3 4 0.5\n1 2 3 4 0.5\n", "line 2 says 1 faces but 2 box lines follow"),
-    ("name\nmany\n", "line 2: expected the face count"),
-    ("name\n1\n1 2 3 0.5\n", "line 3: expected 'x y w h score'"),
-    ("name\n1\n1 2 nan 4 0.5\n", "line 3: expected 'x y w h score'"),
-    ("name\n", "face count on line 2"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name\n3\n1 2 3 4 0.5\n", "line 2 says 3 faces but 1 box lines follow"),
+        ("name\n1\n1 2 3 4 0.5\n1 2 3 4 0.5\n", "line 2 says 1 faces but 2 box lines follow"),
+        ("name\nmany\n", "line 2: expected the face count"),
+        ("name\n1\n1 2 3 0.5\n", "line 3: expected 'x y w h score'"),
+        ("name\n1\n1 2 nan 4 0.5\n", "line 3: expected 'x y w h score'"),
+        ("name\n", "face count on line 2"),
+    ],
+)
 def test_bad_prediction_files_name_file_and_line(text, message):
     with pytest.raises(DataError, match=message) as error:
         parse_predictions(text, "DIR/0--A/a.txt")
@@ -293,17 +312,30 @@ def test_vectorised_equals_official_loops_on_real_predictions(kit):
 
 def test_ground_truth_boxes_as_predictions_score_one(kit):
     ground_truth = load_ground_truth(kit / "widerface" / "eval_tools" / "ground_truth")
-    predictions = {image.key: np.concatenate([image.boxes, np.linspace(1, 0.5, len(image.boxes))[:, None]], 1)
-                   for image in ground_truth.images}
+    predictions = {
+        image.key: np.concatenate([image.boxes, np.linspace(1, 0.5, len(image.boxes))[:, None]], 1)
+        for image in ground_truth.images
+    }
     for setting, ap in evaluate_wider(ground_truth, predictions).ap.items():
         assert ap > 0.999, setting  # only exactly repeated ground-truth boxes could cost anything
 
 
 def test_cli_scores_a_prediction_folder(kit, tmp_path, capsys):
     out = tmp_path / "report.json"
-    status = main(["eval", "wider", "--predictions", str(kit / "reference_weights" / "wider_val_predictions"),
-                   "--gt-dir", str(kit / "widerface" / "eval_tools" / "ground_truth"), "--out", str(out),
-                   "--tensorboard", str(tmp_path / "tb")])
+    status = main(
+        [
+            "eval",
+            "wider",
+            "--predictions",
+            str(kit / "reference_weights" / "wider_val_predictions"),
+            "--gt-dir",
+            str(kit / "widerface" / "eval_tools" / "ground_truth"),
+            "--out",
+            str(out),
+            "--tensorboard",
+            str(tmp_path / "tb"),
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "Easy AP    0.8082" in printed and "Medium AP  0.7791" in printed and "Hard AP    0.5701" in printed
@@ -320,8 +352,16 @@ def test_cli_reports_a_bad_prediction_file(kit, tmp_path, capsys):
     bad = tmp_path / "pred" / image.event / f"{image.name}.txt"
     bad.parent.mkdir(parents=True)
     bad.write_text(f"{image.name}\n2\n1 2 3 4 0.5\n")
-    status = main(["eval", "wider", "--predictions", str(tmp_path / "pred"),
-                   "--gt-dir", str(kit / "widerface" / "eval_tools" / "ground_truth")])
+    status = main(
+        [
+            "eval",
+            "wider",
+            "--predictions",
+            str(tmp_path / "pred"),
+            "--gt-dir",
+            str(kit / "widerface" / "eval_tools" / "ground_truth"),
+        ]
+    )
     assert status == 2
     assert capsys.readouterr().err.strip() == f"error: {bad}: line 2 says 2 faces but 1 box lines follow"
 
@@ -341,8 +381,12 @@ class CountingDetector:
         from mtcnn.detect.cascade import Faces
 
         self.seen += len(images)
-        return [Faces(np.array([[10, 20, 60, 90]], np.float32), np.array([0.9], np.float32),
-                      np.zeros((1, 5, 2), np.float32)) for _ in images]
+        return [
+            Faces(
+                np.array([[10, 20, 60, 90]], np.float32), np.array([0.9], np.float32), np.zeros((1, 5, 2), np.float32)
+            )
+            for _ in images
+        ]
 
 
 def test_detect_wider_saves_resumes_and_refuses_other_settings(kit, tmp_path):
@@ -376,9 +420,24 @@ def test_real_detector_on_part_of_wider_val(kit, reference_weights, tmp_path, ca
     subset = ground_truth.images[::60]
     gt_dir = write_ground_truth(tmp_path / "gt", subset)
     save = tmp_path / "pred"
-    status = main(["eval", "wider", "--gt-dir", str(gt_dir), "--images", str(kit / "widerface" / "WIDER_val" / "images"),
-                   "--weights", str(reference_weights), "--device", "cpu", "--save-predictions", str(save),
-                   "--out", str(tmp_path / "report.json")])
+    status = main(
+        [
+            "eval",
+            "wider",
+            "--gt-dir",
+            str(gt_dir),
+            "--images",
+            str(kit / "widerface" / "WIDER_val" / "images"),
+            "--weights",
+            str(reference_weights),
+            "--device",
+            "cpu",
+            "--save-predictions",
+            str(save),
+            "--out",
+            str(tmp_path / "report.json"),
+        ]
+    )
     assert status == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["images"] == len(subset) and report["detector"]["min_face_size"] == 20
@@ -386,8 +445,9 @@ def test_real_detector_on_part_of_wider_val(kit, reference_weights, tmp_path, ca
     # the same images score close to ours (same weights, independent implementation).
     rescored = evaluate_wider(WiderGroundTruth(subset), read_prediction_dir(save, WiderGroundTruth(subset)))
     assert rescored.to_dict(include_curves=False)["ap"] == report["ap"]
-    reference = evaluate_wider(WiderGroundTruth(subset),
-                               read_prediction_dir(kit / "reference_weights" / "wider_val_predictions",
-                                                   WiderGroundTruth(subset)))
+    reference = evaluate_wider(
+        WiderGroundTruth(subset),
+        read_prediction_dir(kit / "reference_weights" / "wider_val_predictions", WiderGroundTruth(subset)),
+    )
     for setting in SETTINGS:
         assert report["ap"][setting] == pytest.approx(reference.ap[setting], abs=0.1)

@@ -45,9 +45,15 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def bench_prep(stage: str, config: StageConfig, workers: Sequence[int], repeats: int,
-               weights: Mapping[str, Path] | None = None, device: str = "cpu",
-               scratch: Path | None = None) -> list[PrepBenchRow]:
+def bench_prep(
+    stage: str,
+    config: StageConfig,
+    workers: Sequence[int],
+    repeats: int,
+    weights: Mapping[str, Path] | None = None,
+    device: str = "cpu",
+    scratch: Path | None = None,
+) -> list[PrepBenchRow]:
     """Prepare ``stage``'s train set ``repeats`` times per worker count; one row per count."""
     rows = []
     folder = Path(tempfile.mkdtemp(prefix="mtcnn-bench-prep-", dir=scratch))
@@ -57,15 +63,26 @@ def bench_prep(stage: str, config: StageConfig, workers: Sequence[int], repeats:
             for _ in range(repeats):
                 loads.append(os.getloadavg()[0])
                 cpu, start = _cpu_seconds(), time.perf_counter()
-                summary = prepare(stage, config, folder / "store", workers=count, overwrite=True,
-                                  weights=weights, device=device)
+                summary = prepare(
+                    stage, config, folder / "store", workers=count, overwrite=True, weights=weights, device=device
+                )
                 walls.append(time.perf_counter() - start)
                 cpus.append(_cpu_seconds() - cpu)
                 samples = summary.samples
                 sources = summary.manifest["sources"]
                 inputs = sources["wider_images_used"] + sources["landmark_faces_used"]
-            rows.append(PrepBenchRow(stage, count, samples, inputs, statistics.median(walls),
-                                     statistics.median(cpus), statistics.median(loads), tuple(walls)))
+            rows.append(
+                PrepBenchRow(
+                    stage,
+                    count,
+                    samples,
+                    inputs,
+                    statistics.median(walls),
+                    statistics.median(cpus),
+                    statistics.median(loads),
+                    tuple(walls),
+                )
+            )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return rows
@@ -73,13 +90,19 @@ def bench_prep(stage: str, config: StageConfig, workers: Sequence[int], repeats:
 
 def format_prep_table(rows: Sequence[PrepBenchRow], machine: str, repeats: int) -> str:
     """A Markdown table of the rows, with the machine and method underneath."""
-    lines = ["| set | workers | inputs | samples | wall s (median) | crops/s | CPU s | load avg before | runs (s) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| set | workers | inputs | samples | wall s (median) | crops/s | CPU s | load avg before | runs (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         runs = ", ".join(f"{seconds:.1f}" for seconds in row.runs)
-        lines.append(f"| {row.stage} | {row.workers} | {row.inputs:,} | {row.samples:,} | {row.wall_seconds:.1f} | "
-                     f"{row.crops_per_second:,.0f} | {row.cpu_seconds:.1f} | {row.load_average:.1f} | {runs} |")
+        lines.append(
+            f"| {row.stage} | {row.workers} | {row.inputs:,} | {row.samples:,} | {row.wall_seconds:.1f} | "
+            f"{row.crops_per_second:,.0f} | {row.cpu_seconds:.1f} | {row.load_average:.1f} | {runs} |"
+        )
     lines.append("")
-    lines.append(f"the train set as configured, prepared from scratch (images decoded from disk), "
-                 f"median of {repeats} runs; {machine}")
+    lines.append(
+        f"the train set as configured, prepared from scratch (images decoded from disk), "
+        f"median of {repeats} runs; {machine}"
+    )
     return "\n".join(lines)

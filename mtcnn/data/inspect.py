@@ -11,8 +11,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from mtcnn.data.store import SampleStore
 from mtcnn.ops.draw import draw_faces, tile_images
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE, SampleStore
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NAMES, LABEL_NEGATIVE
 
 TILE = 96
 
@@ -46,7 +47,13 @@ def inspect_grid(store: SampleStore, per_label: int = 12, seed: int = 0) -> np.n
         chosen = np.sort(rng.choice(members, min(per_label, len(members)), replace=False))
         tiles.append(_caption_tile([name, f"{counts[name]:,}"]))
         for index in chosen:
-            tiles.append(sample_tile(np.asarray(store.images[index]), label, np.asarray(store.boxes[index]),
-                                     np.asarray(store.landmarks[index])))
+            tiles.append(
+                sample_tile(
+                    np.asarray(store.images[index]),
+                    label,
+                    np.asarray(store.boxes[index]),
+                    np.asarray(store.landmarks[index]),
+                )
+            )
         tiles.extend(np.full((TILE, TILE, 3), 255, np.uint8) for _ in range(per_label - len(chosen)))
     return tile_images(tiles, columns=per_label + 1)

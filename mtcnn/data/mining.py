@@ -18,16 +18,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcnn.ops.boxes import iou_matrix, square_boxes
 from mtcnn.config import MiningConfig, PrepConfig
 from mtcnn.data.readers import WiderImage
+from mtcnn.data.samples import (
+    UNUSED,
+    Samples,
+    box_targets,
+    cut_crops,
+    jittered_face_windows,
+    label_windows,
+    usable_faces,
+)
 from mtcnn.detect.cascade import MTCNN
-from mtcnn.data.samples import UNUSED, Samples, box_targets, cut_crops, jittered_face_windows, label_windows, usable_faces
-from mtcnn.data.store import LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 from mtcnn.model.weights import load_net
+from mtcnn.ops.boxes import iou_matrix, square_boxes
+from mtcnn.spec import EARLIER_STAGES, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 #: The stages whose boxes each mined set is made of.
-EARLIER_STAGES = {"rnet": ("pnet",), "onet": ("pnet", "rnet")}
 
 
 @dataclass
@@ -42,15 +49,22 @@ class Recall:
         return self.found / self.faces if self.faces else float("nan")
 
 
-def mining_detector(stage: str, weights: Mapping[str, str | Path], mining: MiningConfig,
-                    device: str | torch.device = "auto") -> MTCNN:
+def mining_detector(
+    stage: str, weights: Mapping[str, str | Path], mining: MiningConfig, device: str | torch.device = "auto"
+) -> MTCNN:
     """The cascade up to the stage before ``stage`` (``rnet`` or ``onet``), with ``weights``
     ``{stage: file}`` for each earlier stage and the mining thresholds."""
     nets = {earlier: load_net(weights[earlier], earlier) for earlier in EARLIER_STAGES[stage]}
     # The detector wants all three stages' settings; those of stages that do not run are inert.
-    return MTCNN(nets=nets, min_face_size=mining.min_face_size, scale_factor=mining.scale_factor,
-                 thresholds=(*mining.thresholds, 0.7), nms_thresholds=(*mining.nms_thresholds, 0.7),
-                 device=device, batch_size=mining.batch_size)
+    return MTCNN(
+        nets=nets,
+        min_face_size=mining.min_face_size,
+        scale_factor=mining.scale_factor,
+        thresholds=(*mining.thresholds, 0.7),
+        nms_thresholds=(*mining.nms_thresholds, 0.7),
+        device=device,
+        batch_size=mining.batch_size,
+    )
 
 
 def mined_windows(detector: MTCNN, images: Sequence[np.ndarray], stage: str) -> list[np.ndarray]:
@@ -60,8 +74,15 @@ def mined_windows(detector: MTCNN, images: Sequence[np.ndarray], stage: str) -> 
     return [square_boxes(torch.from_numpy(result[previous].boxes)).numpy() for result in results]
 
 
-def mine_image(image: np.ndarray, annotation: WiderImage, windows: np.ndarray, rng: np.random.Generator,
-               prep: PrepConfig, mining: MiningConfig, size: int) -> tuple[Samples, Recall]:
+def mine_image(
+    image: np.ndarray,
+    annotation: WiderImage,
+    windows: np.ndarray,
+    rng: np.random.Generator,
+    prep: PrepConfig,
+    mining: MiningConfig,
+    size: int,
+) -> tuple[Samples, Recall]:
     """Labelled ``size`` px samples from one image's mined ``windows [M, 4]``, and the recall of
     its usable faces. Windows may stick out of the image: the outside is black, as in detection."""
     faces = annotation.boxes.astype(np.float64)
@@ -82,13 +103,19 @@ def mine_image(image: np.ndarray, annotation: WiderImage, windows: np.ndarray, r
     if mining.face_crops_per_face:
         # The earlier nets' boxes hold few positives; jittered squares around the faces add more
         # (and part faces), cut the same way, so the next net sees enough faces to learn from.
-        extra_windows, extra_labels, extra_boxes = jittered_face_windows(rng, faces, usable, prep,
-                                                                         mining.face_crops_per_face, size)
+        extra_windows, extra_labels, extra_boxes = jittered_face_windows(
+            rng, faces, usable, prep, mining.face_crops_per_face, size
+        )
         windows = np.concatenate([windows, extra_windows])
         labels = np.concatenate([labels, extra_labels])
         boxes = np.concatenate([boxes, extra_boxes])
-    samples = Samples(images=cut_crops(image, windows, size), labels=labels, boxes=boxes,
-                      landmarks=np.zeros((len(windows), 10), np.float32), windows=windows.astype(np.float32),
-                      mirrored=np.zeros(len(windows), bool), rotation=np.zeros(len(windows), np.float32))
+    samples = Samples(
+        images=cut_crops(image, windows, size),
+        labels=labels,
+        boxes=boxes,
+        landmarks=np.zeros((len(windows), 10), np.float32),
+        windows=windows.astype(np.float32),
+        mirrored=np.zeros(len(windows), bool),
+        rotation=np.zeros(len(windows), np.float32),
+    )
     return samples, recall
-

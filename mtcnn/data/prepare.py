@@ -37,12 +37,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtcnn.allocator import retain_freed_memory
-from mtcnn.model.checkpoint import software_versions
 from mtcnn.config import StageConfig, to_dict
 from mtcnn.data.readers import LandmarkFace, WiderImage, points_outside, read_landmark_list, read_wider
-from mtcnn.errors import DataError, ImageReadError, MtcnnError
-from mtcnn.detect.inputs import read_image
-from mtcnn.model.nets import INPUT_SIZES
 from mtcnn.data.samples import Samples, face_crops, landmark_crops
 from mtcnn.data.store import (
     FORMAT_VERSION,
@@ -54,6 +50,10 @@ from mtcnn.data.store import (
     remove_temporary_shards,
     write_shard,
 )
+from mtcnn.detect.inputs import read_image
+from mtcnn.errors import DataError, ImageReadError, MtcnnError
+from mtcnn.model.checkpoint import software_versions
+from mtcnn.spec import INPUT_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -107,40 +107,55 @@ class PrepSummary:
 # ------------------------------------------------------------------------------ inputs
 
 
-def split_inputs(config: StageConfig, split: str,
-                 problems: list[str]) -> tuple[list[WiderImage], list[LandmarkFace], dict[str, Any]]:
+def split_inputs(
+    config: StageConfig, split: str, problems: list[str]
+) -> tuple[list[WiderImage], list[LandmarkFace], dict[str, Any]]:
     """The WIDER images and landmark faces of ``split`` (``train`` or ``val``), limited as the
     config says, and a description of the sources for the manifest."""
     data = config.data
     if split == "train":
-        annotations, images_dir, landmark_list = (data.wider_train_annotations, data.wider_train_images,
-                                                  data.landmark_train_list)
+        annotations, images_dir, landmark_list = (
+            data.wider_train_annotations,
+            data.wider_train_images,
+            data.landmark_train_list,
+        )
     elif split == "val":
-        annotations, images_dir, landmark_list = (data.wider_val_annotations, data.wider_val_images,
-                                                  data.landmark_val_list)
+        annotations, images_dir, landmark_list = (
+            data.wider_val_annotations,
+            data.wider_val_images,
+            data.landmark_val_list,
+        )
     else:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     wider = read_wider(annotations, images_dir, problems)
     landmarks = read_landmark_list(landmark_list, problems=problems)
     prep = config.prep
     if prep.limit_images is not None:
-        wider = wider[:prep.limit_images]
+        wider = wider[: prep.limit_images]
     if prep.limit_landmark_faces is not None:
-        landmarks = landmarks[:prep.limit_landmark_faces]
-    sources = {"split": split, "wider_annotations": str(annotations), "wider_images": str(images_dir),
-               "landmark_list": str(landmark_list), "wider_images_used": len(wider),
-               "landmark_faces_used": len(landmarks)}
+        landmarks = landmarks[: prep.limit_landmark_faces]
+    sources = {
+        "split": split,
+        "wider_annotations": str(annotations),
+        "wider_images": str(images_dir),
+        "landmark_list": str(landmark_list),
+        "wider_images_used": len(wider),
+        "landmark_faces_used": len(landmarks),
+    }
     return wider, landmarks, sources
 
 
-def plan_shards(wider: Sequence[WiderImage], landmarks: Sequence[LandmarkFace], images_per_shard: int,
-                faces_per_shard: int) -> list[ShardTask]:
+def plan_shards(
+    wider: Sequence[WiderImage], landmarks: Sequence[LandmarkFace], images_per_shard: int, faces_per_shard: int
+) -> list[ShardTask]:
     """WIDER shards first, then landmark shards, numbered from 0."""
     tasks: list[ShardTask] = []
-    for source, items, step in ((SOURCE_WIDER, wider, images_per_shard),
-                                (SOURCE_LANDMARKS, landmarks, faces_per_shard)):
+    for source, items, step in (
+        (SOURCE_WIDER, wider, images_per_shard),
+        (SOURCE_LANDMARKS, landmarks, faces_per_shard),
+    ):
         for start in range(0, len(items), step):
-            tasks.append(ShardTask(len(tasks), source, start, tuple(items[start:start + step])))
+            tasks.append(ShardTask(len(tasks), source, start, tuple(items[start : start + step])))
     return tasks
 
 
@@ -152,8 +167,9 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(stage: str, config: StageConfig, sources: Mapping[str, Any], tasks: Sequence[ShardTask],
-                weights: Mapping[str, str]) -> str:
+def fingerprint(
+    stage: str, config: StageConfig, sources: Mapping[str, Any], tasks: Sequence[ShardTask], weights: Mapping[str, str]
+) -> str:
     """A digest of everything that decides the samples: stage, settings, inputs, weight files."""
     recipe = {
         "format_version": FORMAT_VERSION,
@@ -232,8 +248,9 @@ def _rng(seed: int, source: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, source, index])
 
 
-def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str],
-                   meta: dict[str, Any]) -> list[tuple[int, Samples]]:
+def _wider_samples(
+    job: PrepJob, task: ShardTask, skipped: list[str], meta: dict[str, Any]
+) -> list[tuple[int, Samples]]:
     prep = job.config.prep
     images = [_read(item.path, skipped) for item in task.items]
     present = [i for i, image in enumerate(images) if image is not None]
@@ -241,8 +258,9 @@ def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str],
     if job.stage == "pnet":
         for i in present:
             item, index = task.items[i], task.start + i
-            samples = face_crops(images[i], item.boxes, item.invalid, _rng(prep.seed, SOURCE_WIDER, index), prep,
-                                 job.size)
+            samples = face_crops(
+                images[i], item.boxes, item.invalid, _rng(prep.seed, SOURCE_WIDER, index), prep, job.size
+            )
             results.append((index, samples))
         return results
     from mtcnn.data.mining import Recall, mine_image, mined_windows
@@ -251,8 +269,15 @@ def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str],
     recall = Recall()
     for i, image_windows in zip(present, windows):
         index = task.start + i
-        samples, image_recall = mine_image(images[i], task.items[i], image_windows,
-                                           _rng(prep.seed, SOURCE_WIDER, index), prep, job.config.mining, job.size)
+        samples, image_recall = mine_image(
+            images[i],
+            task.items[i],
+            image_windows,
+            _rng(prep.seed, SOURCE_WIDER, index),
+            prep,
+            job.config.mining,
+            job.size,
+        )
         recall.faces += image_recall.faces
         recall.found += image_recall.found
         results.append((index, samples))
@@ -260,8 +285,9 @@ def _wider_samples(job: PrepJob, task: ShardTask, skipped: list[str],
     return results
 
 
-def _landmark_samples(job: PrepJob, task: ShardTask, skipped: list[str],
-                      problems: list[str]) -> list[tuple[int, Samples]]:
+def _landmark_samples(
+    job: PrepJob, task: ShardTask, skipped: list[str], problems: list[str]
+) -> list[tuple[int, Samples]]:
     prep = job.config.prep
     results: list[tuple[int, Samples]] = []
     for i, face in enumerate(task.items):
@@ -273,8 +299,9 @@ def _landmark_samples(job: PrepJob, task: ShardTask, skipped: list[str],
             problems.append(outside)
             continue
         index = task.start + i
-        results.append((index, landmark_crops(image, face, _rng(prep.seed, SOURCE_LANDMARKS, index), prep.landmarks,
-                                              job.size)))
+        results.append(
+            (index, landmark_crops(image, face, _rng(prep.seed, SOURCE_LANDMARKS, index), prep.landmarks, job.size))
+        )
     return results
 
 
@@ -282,19 +309,36 @@ def run_shard(job: PrepJob, task: ShardTask) -> dict[str, Any]:
     """Make and write one shard; returns its metadata (also saved in its ``shard.json``)."""
     skipped: list[str] = []
     problems: list[str] = []
-    meta: dict[str, Any] = {"fingerprint": job.fingerprint, "source": task.source, "start": task.start,
-                            "items": len(task.items), "digest": _task_digest(task)}
+    meta: dict[str, Any] = {
+        "fingerprint": job.fingerprint,
+        "source": task.source,
+        "start": task.start,
+        "items": len(task.items),
+        "digest": _task_digest(task),
+    }
     if task.source == SOURCE_WIDER:
         results = _wider_samples(job, task, skipped, meta)
     else:
         results = _landmark_samples(job, task, skipped, problems)
     samples = Samples.concat([samples for _, samples in results], job.size)
-    origin = np.concatenate([np.full((len(s), 2), (task.source, index), np.int32) for index, s in results]
-                            ) if results else np.zeros((0, 2), np.int32)
+    origin = (
+        np.concatenate([np.full((len(s), 2), (task.source, index), np.int32) for index, s in results])
+        if results
+        else np.zeros((0, 2), np.int32)
+    )
     transform = np.stack([samples.mirrored.astype(np.float32), samples.rotation], axis=1)
     meta.update(skipped=skipped, problems=problems)
-    write_shard(job.out, task.index, job.size, samples.images, samples.labels, samples.boxes, samples.landmarks,
-                meta=meta, extras={"origin": origin.reshape(-1, 2), "window": samples.windows, "transform": transform})
+    write_shard(
+        job.out,
+        task.index,
+        job.size,
+        samples.images,
+        samples.labels,
+        samples.boxes,
+        samples.landmarks,
+        meta=meta,
+        extras={"origin": origin.reshape(-1, 2), "window": samples.windows, "transform": transform},
+    )
     return read_shard_meta(job.out, task.index)
 
 
@@ -308,8 +352,13 @@ def _run_shard_single_threaded(job: PrepJob, task: ShardTask) -> dict[str, Any]:
 
 def _shard_is_done(out: Path, task: ShardTask, job_fingerprint: str) -> bool:
     meta = complete_shard_meta(out, task.index)
-    return (meta is not None and meta.get("fingerprint") == job_fingerprint and meta.get("start") == task.start
-            and meta.get("source") == task.source and meta.get("digest") == _task_digest(task))
+    return (
+        meta is not None
+        and meta.get("fingerprint") == job_fingerprint
+        and meta.get("start") == task.start
+        and meta.get("source") == task.source
+        and meta.get("digest") == _task_digest(task)
+    )
 
 
 def _check_folder(out: Path, job_fingerprint: str, overwrite: bool) -> None:
@@ -333,8 +382,10 @@ def _check_folder(out: Path, job_fingerprint: str, overwrite: bool) -> None:
                 found.add(meta.get("fingerprint") if meta else "unknown")
     foreign = found - {job_fingerprint}
     if foreign:
-        raise DataError(f"{out}: holds samples prepared from other settings or inputs; choose another --out "
-                        "or pass --overwrite to replace them")
+        raise DataError(
+            f"{out}: holds samples prepared from other settings or inputs; choose another --out "
+            "or pass --overwrite to replace them"
+        )
 
 
 def _messages(metas: Sequence[Mapping[str, Any]], key: str, first: Sequence[str] = ()) -> dict[str, Any]:
@@ -346,6 +397,7 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
     """Run ``tasks`` in-process (one worker) or in a pool of ``workers`` processes, with a bar."""
     desc = f"prep {job.stage}"
     with logging_redirect_tqdm(), tqdm(total=total, initial=done, unit="input", desc=desc, smoothing=0.1) as bar:
+
         def finished(meta: Mapping[str, Any]) -> None:
             for message in [*meta.get("skipped", []), *meta.get("problems", [])]:
                 log.warning("%s", message)
@@ -367,16 +419,25 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
                 for future in completed:
                     finished(future.result())
         except BrokenProcessPool:
-            raise MtcnnError("a preparation worker process died (out of memory? started from an interactive "
-                             "session? try --workers 1); finished shards are kept, run again to resume") from None
+            raise MtcnnError(
+                "a preparation worker process died (out of memory? started from an interactive "
+                "session? try --workers 1); finished shards are kept, run again to resume"
+            ) from None
         finally:
             # On an error or Ctrl-C, drop the queued shards rather than wait for them all.
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def prepare(stage: str, config: StageConfig, out: str | Path, split: str = "train", workers: int = 1,
-            overwrite: bool = False, weights: Mapping[str, str | Path] | None = None,
-            device: str = "cpu") -> PrepSummary:
+def prepare(
+    stage: str,
+    config: StageConfig,
+    out: str | Path,
+    split: str = "train",
+    workers: int = 1,
+    overwrite: bool = False,
+    weights: Mapping[str, str | Path] | None = None,
+    device: str = "cpu",
+) -> PrepSummary:
     """Prepare the ``stage`` sample store of ``split`` in ``out``, resuming a run stopped there.
 
     ``weights`` ``{stage: file}`` are the earlier stages' nets (R-Net and O-Net sets only);
@@ -408,36 +469,55 @@ def prepare(stage: str, config: StageConfig, out: str | Path, split: str = "trai
         done_items = sum(len(task.items) for task in tasks) - sum(len(task.items) for task in remaining)
         if len(remaining) < len(tasks):
             log.info("%s: resuming, %d of %d shards already done", out, len(tasks) - len(remaining), len(tasks))
-        job = PrepJob(stage=stage, out=out, config=config, fingerprint=job_fingerprint, weights=weights,
-                      device=device)
-        _run_tasks(job, remaining, max(1, min(workers, len(remaining))),
-                   sum(len(task.items) for task in tasks), done_items)
+        job = PrepJob(stage=stage, out=out, config=config, fingerprint=job_fingerprint, weights=weights, device=device)
+        _run_tasks(
+            job, remaining, max(1, min(workers, len(remaining))), sum(len(task.items) for task in tasks), done_items
+        )
     metas = [read_shard_meta(out, task.index) for task in tasks]
     extra: dict[str, Any] = {
         "fingerprint": job_fingerprint,
         "split": split,
         "seed": config.prep.seed,
         "sources": sources,
-        "thresholds": {"negative_iou": config.prep.negative_iou, "part_iou": config.prep.part_iou,
-                       "positive_iou": config.prep.positive_iou, "min_face_size": config.prep.min_face_size},
+        "thresholds": {
+            "negative_iou": config.prep.negative_iou,
+            "part_iou": config.prep.part_iou,
+            "positive_iou": config.prep.positive_iou,
+            "min_face_size": config.prep.min_face_size,
+        },
         "skipped_inputs": _messages(metas, "skipped"),
         "annotation_problems": _messages(metas, "problems", problems),
-        "config": {"stage": stage, "data": to_dict(config.data), "prep": to_dict(config.prep),
-                   **({"mining": to_dict(config.mining)} if stage != "pnet" else {})},
+        "config": {
+            "stage": stage,
+            "data": to_dict(config.data),
+            "prep": to_dict(config.prep),
+            **({"mining": to_dict(config.mining)} if stage != "pnet" else {}),
+        },
         "versions": software_versions(),
-        "extras_meaning": {"origin": "[source (0 WIDER image, 1 landmark face), index in that list]",
-                           "window": "crop window x1 y1 x2 y2 in source image pixels, before mirroring",
-                           "transform": "[mirrored (0/1), rotation in degrees]"},
+        "extras_meaning": {
+            "origin": "[source (0 WIDER image, 1 landmark face), index in that list]",
+            "window": "crop window x1 y1 x2 y2 in source image pixels, before mirroring",
+            "transform": "[mirrored (0/1), rotation in degrees]",
+        },
     }
     if stage != "pnet":
         extra["weights"] = weights
         faces = sum(meta.get("recall", {}).get("faces", 0) for meta in metas)
         found = sum(meta.get("recall", {}).get("found", 0) for meta in metas)
-        extra["recall"] = {"faces": faces, "found": found, "value": found / faces if faces else None,
-                           "iou": config.prep.positive_iou, "min_face_size": config.prep.min_face_size}
+        extra["recall"] = {
+            "faces": faces,
+            "found": found,
+            "value": found / faces if faces else None,
+            "iou": config.prep.positive_iou,
+            "min_face_size": config.prep.min_face_size,
+        }
     manifest = finish_store(out, stage, [task.index for task in tasks], extra)
-    return PrepSummary(manifest=manifest, shards_total=len(tasks), shards_done_before=len(tasks) - len(remaining),
-                       wall_seconds=time.perf_counter() - started)
+    return PrepSummary(
+        manifest=manifest,
+        shards_total=len(tasks),
+        shards_done_before=len(tasks) - len(remaining),
+        wall_seconds=time.perf_counter() - started,
+    )
 
 
 def default_workers() -> int:
@@ -450,20 +530,26 @@ def format_summary(summary: PrepSummary) -> str:
     manifest = summary.manifest
     counts = manifest["counts"]
     made = summary.shards_total - summary.shards_done_before
-    lines = [f"{manifest['stage']} {manifest['split']} set: {summary.samples:,} samples of "
-             f"{manifest['size']}x{manifest['size']} px in {summary.shards_total} shards",
-             "  " + ", ".join(f"{name} {count:,}" for name, count in counts.items())]
+    lines = [
+        f"{manifest['stage']} {manifest['split']} set: {summary.samples:,} samples of "
+        f"{manifest['size']}x{manifest['size']} px in {summary.shards_total} shards",
+        "  " + ", ".join(f"{name} {count:,}" for name, count in counts.items()),
+    ]
     if made:
         rate = summary.samples * made / summary.shards_total / summary.wall_seconds
-        lines.append(f"  {made} shards made in {summary.wall_seconds:.1f} s (~{rate:,.0f} crops/s)"
-                     + (f"; {summary.shards_done_before} were already done" if summary.shards_done_before else ""))
+        lines.append(
+            f"  {made} shards made in {summary.wall_seconds:.1f} s (~{rate:,.0f} crops/s)"
+            + (f"; {summary.shards_done_before} were already done" if summary.shards_done_before else "")
+        )
     else:
         lines.append("  every shard was already done; nothing to make")
     recall = manifest.get("recall")
     if recall:
         value = "n/a" if recall["value"] is None else f"{recall['value']:.1%}"
-        lines.append(f"  earlier stages' recall: {value} ({recall['found']:,} of {recall['faces']:,} faces with longer "
-                     f"side >= {recall['min_face_size']:g} px got a box with IoU >= {recall['iou']:g})")
+        lines.append(
+            f"  earlier stages' recall: {value} ({recall['found']:,} of {recall['faces']:,} faces with longer "
+            f"side >= {recall['min_face_size']:g} px got a box with IoU >= {recall['iou']:g})"
+        )
     for key, what in (("skipped_inputs", "unreadable inputs skipped"), ("annotation_problems", "annotations left out")):
         if manifest[key]["count"]:
             lines.append(f"  {manifest[key]['count']} {what} (listed in manifest.json)")

@@ -83,7 +83,7 @@ class LandmarkFace:
 def _numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, stripped text)`` of every non-blank line of a text file."""
     try:
-        handle = open(path, encoding="utf-8")
+        handle = open(path, encoding="utf-8")  # noqa: SIM115 (opened apart so only its error is reworded)
     except OSError as exc:
         raise DataError(f"{path}: cannot read annotation file ({exc.strerror or exc})") from None
     with handle:
@@ -124,8 +124,9 @@ def _looks_numeric(text: str) -> bool:
 # ------------------------------------------------------------------------------ WIDER FACE
 
 
-def read_wider(annotation_file: str | Path, images_dir: str | Path,
-               problems: list[str] | None = None) -> list[WiderImage]:
+def read_wider(
+    annotation_file: str | Path, images_dir: str | Path, problems: list[str] | None = None
+) -> list[WiderImage]:
     """Read a WIDER FACE ``*_bbx_gt.txt`` file; image paths are ``images_dir / name``.
 
     Face lines may also carry only ``x y w h`` (attributes then 0). Faces with a zero or negative
@@ -142,8 +143,10 @@ def read_wider(annotation_file: str | Path, images_dir: str | Path,
             break
         name_line, name = entry
         if _looks_numeric(name):
-            raise DataError(f"{annotation_file}:{name_line}: expected an image file name, got {name!r} "
-                            "(does the face count above match the face lines?)")
+            raise DataError(
+                f"{annotation_file}:{name_line}: expected an image file name, got {name!r} "
+                "(does the face count above match the face lines?)"
+            )
         count_entry = next(lines, None)
         if count_entry is None:
             raise DataError(f"{annotation_file}:{name_line}: file ends after image {name!r}, expected a face count")
@@ -151,8 +154,9 @@ def read_wider(annotation_file: str | Path, images_dir: str | Path,
         try:
             count = int(count_text)
         except ValueError:
-            raise DataError(f"{annotation_file}:{count_line}: expected the face count of {name!r}, "
-                            f"got {count_text!r}") from None
+            raise DataError(
+                f"{annotation_file}:{count_line}: expected the face count of {name!r}, got {count_text!r}"
+            ) from None
         if count < 0:
             raise DataError(f"{annotation_file}:{count_line}: negative face count {count}")
         rows: list[list[float]] = []
@@ -161,44 +165,66 @@ def read_wider(annotation_file: str | Path, images_dir: str | Path,
             pending = next(lines, None)
             if pending is not None and _looks_numeric(pending[1]):
                 if any(float(field) != 0 for field in pending[1].split()):
-                    raise DataError(f"{annotation_file}:{pending[0]}: image {name!r} declares 0 faces but a face "
-                                    f"line follows: {pending[1]!r}")
+                    raise DataError(
+                        f"{annotation_file}:{pending[0]}: image {name!r} declares 0 faces but a face "
+                        f"line follows: {pending[1]!r}"
+                    )
                 pending = None
         for _ in range(count):
             face_entry = next(lines, None)
             if face_entry is None:
-                raise DataError(f"{annotation_file}: file ends inside image {name!r} (line {name_line}), "
-                                f"which declares {count} faces")
+                raise DataError(
+                    f"{annotation_file}: file ends inside image {name!r} (line {name_line}), "
+                    f"which declares {count} faces"
+                )
             face_line, face_text = face_entry
             fields = face_text.split()
             if len(fields) not in (4, 4 + len(WIDER_ATTRIBUTES)):
-                raise DataError(f"{annotation_file}:{face_line}: expected a face line 'x y w h blur expression "
-                                f"illumination invalid occlusion pose' of image {name!r} (declared {count} faces), "
-                                f"got {face_text!r}")
+                raise DataError(
+                    f"{annotation_file}:{face_line}: expected a face line 'x y w h blur expression "
+                    f"illumination invalid occlusion pose' of image {name!r} (declared {count} faces), "
+                    f"got {face_text!r}"
+                )
             values = _numbers(fields, annotation_file, face_line, "a face line of numbers")
             x, y, w, h = values[:4]
             if w <= 0 or h <= 0:
-                _report(f"{annotation_file}:{face_line}: face of {name!r} has zero or negative size "
-                        f"(w {w:g}, h {h:g}); left out", problems)
+                _report(
+                    f"{annotation_file}:{face_line}: face of {name!r} has zero or negative size "
+                    f"(w {w:g}, h {h:g}); left out",
+                    problems,
+                )
                 continue
             rows.append([x, y, x + w, y + h] + (values[4:] or [0.0] * len(WIDER_ATTRIBUTES)))
         table = np.asarray(rows, dtype=np.float64).reshape(-1, 4 + len(WIDER_ATTRIBUTES))
         attributes = {key: table[:, 4 + i].astype(np.int64) for i, key in enumerate(WIDER_ATTRIBUTES)}
         invalid = attributes.pop("invalid").astype(bool)
-        images.append(WiderImage(path=images_dir / name, name=name, boxes=table[:, :4].astype(np.float32),
-                                 invalid=invalid, source=annotation_file, line=name_line, **attributes))
+        images.append(
+            WiderImage(
+                path=images_dir / name,
+                name=name,
+                boxes=table[:, :4].astype(np.float32),
+                invalid=invalid,
+                source=annotation_file,
+                line=name_line,
+                **attributes,
+            )
+        )
     return images
 
 
 # ------------------------------------------------------------------------------ landmark lists
 
 
-def _landmark_face(path: Path, box: list[float], points: list[float], source: Path, line: int,
-                   problems: list[str] | None) -> LandmarkFace | None:
+def _landmark_face(
+    path: Path, box: list[float], points: list[float], source: Path, line: int, problems: list[str] | None
+) -> LandmarkFace | None:
     """A checked face, or None (reported) when its box is empty or a point is negative."""
     if not _positive_size(*box):
-        _report(f"{source}:{line}: box {box[0]:g} {box[1]:g} {box[2]:g} {box[3]:g} (x1 y1 x2 y2) has zero or "
-                "negative size; face left out", problems)
+        _report(
+            f"{source}:{line}: box {box[0]:g} {box[1]:g} {box[2]:g} {box[3]:g} (x1 y1 x2 y2) has zero or "
+            "negative size; face left out",
+            problems,
+        )
         return None
     point_array = np.asarray(points, dtype=np.float32).reshape(5, 2)
     if (point_array < 0).any():
@@ -207,8 +233,9 @@ def _landmark_face(path: Path, box: list[float], points: list[float], source: Pa
     return LandmarkFace(path=path, box=np.asarray(box, dtype=np.float32), points=point_array, source=source, line=line)
 
 
-def read_landmark_list(list_file: str | Path, images_root: str | Path | None = None,
-                       problems: list[str] | None = None) -> list[LandmarkFace]:
+def read_landmark_list(
+    list_file: str | Path, images_root: str | Path | None = None, problems: list[str] | None = None
+) -> list[LandmarkFace]:
     """Read a CNN_FacePoint list: ``path left right top bottom x1 y1 ... x5 y5`` per line.
 
     Image paths are relative to ``images_root`` (default: the list's folder); Windows
@@ -220,12 +247,15 @@ def read_landmark_list(list_file: str | Path, images_root: str | Path | None = N
     for line, text in _numbered_lines(list_file):
         fields = text.split()
         if len(fields) != 15:
-            raise DataError(f"{list_file}:{line}: expected 'path left right top bottom' and 10 point "
-                            f"coordinates (15 fields), got {len(fields)}")
+            raise DataError(
+                f"{list_file}:{line}: expected 'path left right top bottom' and 10 point "
+                f"coordinates (15 fields), got {len(fields)}"
+            )
         values = _numbers(fields[1:], list_file, line, "14 numbers after the path")
         left, right, top, bottom = values[:4]
-        face = _landmark_face(root / fields[0].replace("\\", "/"), [left, top, right, bottom], values[4:],
-                              list_file, line, problems)
+        face = _landmark_face(
+            root / fields[0].replace("\\", "/"), [left, top, right, bottom], values[4:], list_file, line, problems
+        )
         if face is not None:
             faces.append(face)
     return faces
@@ -259,8 +289,9 @@ def _celeba_table(path: Path, columns: int, header_start: str) -> dict[str, tupl
     return rows
 
 
-def read_celeba(bbox_file: str | Path, landmarks_file: str | Path, images_dir: str | Path,
-                problems: list[str] | None = None) -> list[LandmarkFace]:
+def read_celeba(
+    bbox_file: str | Path, landmarks_file: str | Path, images_dir: str | Path, problems: list[str] | None = None
+) -> list[LandmarkFace]:
     """Read CelebA's ``list_bbox_celeba.txt`` (``x y w h``) and ``list_landmarks_celeba.txt``
     (in-the-wild images, not the aligned ones) into faces, in the bbox file's order; both lists
     must name the same images."""
@@ -271,8 +302,9 @@ def read_celeba(bbox_file: str | Path, landmarks_file: str | Path, images_dir: s
     for image_id, (line, (x, y, w, h)) in boxes.items():
         if image_id not in points:
             raise DataError(f"{bbox_file}:{line}: image {image_id!r} has no landmarks in {landmarks_file}")
-        face = _landmark_face(images_dir / image_id, [x, y, x + w, y + h], points[image_id][1], bbox_file, line,
-                              problems)
+        face = _landmark_face(
+            images_dir / image_id, [x, y, x + w, y + h], points[image_id][1], bbox_file, line, problems
+        )
         if face is not None:
             faces.append(face)
     extra = set(points) - set(boxes)
@@ -290,5 +322,7 @@ def points_outside(face: LandmarkFace, height: int, width: int) -> str | None:
     if not outside.any():
         return None
     index = int(np.argmax(outside))
-    return (f"{face.where}: landmark point {index + 1} ({points[index, 0]:g}, {points[index, 1]:g}) lies outside "
-            f"the {width}x{height} image {face.path.name}; face left out")
+    return (
+        f"{face.where}: landmark point {index + 1} ({points[index, 0]:g}, {points[index, 1]:g}) lies outside "
+        f"the {width}x{height} image {face.path.name}; face left out"
+    )

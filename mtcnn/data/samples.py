@@ -23,11 +23,12 @@ import cv2
 import numpy as np
 import torch
 
-from mtcnn.ops.boxes import crop_and_resize, iou_matrix
 from mtcnn.config import LandmarkCropConfig, PrepConfig
 from mtcnn.data.readers import LandmarkFace
 from mtcnn.model.nets import mirror_outputs
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
+from mtcnn.ops.boxes import iou_matrix
+from mtcnn.ops.resample import crop_and_resize
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
 
 #: Label of a window that falls between the negative and part thresholds: not used.
 UNUSED = -100
@@ -56,18 +57,28 @@ class Samples:
         return int(self.labels.shape[0])
 
     @staticmethod
-    def empty(size: int) -> "Samples":
-        return Samples(np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int8), np.zeros((0, 4), np.float32),
-                       np.zeros((0, 10), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, bool),
-                       np.zeros(0, np.float32))
+    def empty(size: int) -> Samples:
+        return Samples(
+            np.zeros((0, size, size, 3), np.uint8),
+            np.zeros(0, np.int8),
+            np.zeros((0, 4), np.float32),
+            np.zeros((0, 10), np.float32),
+            np.zeros((0, 4), np.float32),
+            np.zeros(0, bool),
+            np.zeros(0, np.float32),
+        )
 
     @staticmethod
-    def concat(parts: list["Samples"], size: int) -> "Samples":
+    def concat(parts: list[Samples], size: int) -> Samples:
         parts = [part for part in parts if len(part)]
         if not parts:
             return Samples.empty(size)
-        return Samples(*(np.concatenate([getattr(part, name) for part in parts]) for name in
-                         ("images", "labels", "boxes", "landmarks", "windows", "mirrored", "rotation")))
+        return Samples(
+            *(
+                np.concatenate([getattr(part, name) for part in parts])
+                for name in ("images", "labels", "boxes", "landmarks", "windows", "mirrored", "rotation")
+            )
+        )
 
 
 def usable_faces(boxes: np.ndarray, invalid: np.ndarray, min_face_size: float) -> np.ndarray:
@@ -76,8 +87,9 @@ def usable_faces(boxes: np.ndarray, invalid: np.ndarray, min_face_size: float) -
     return ~invalid & (longer >= min_face_size)
 
 
-def label_windows(windows: np.ndarray, faces: np.ndarray, usable: np.ndarray,
-                  config: PrepConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def label_windows(
+    windows: np.ndarray, faces: np.ndarray, usable: np.ndarray, config: PrepConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Label ``[M, 4]`` windows by their best IoU with all ``[K, 4]`` faces.
 
     Returns ``labels int8 [M]`` (``UNUSED`` for windows between the negative and part thresholds,
@@ -128,8 +140,9 @@ def cut_crops(image: np.ndarray, windows: np.ndarray, size: int, integral: torch
     # crop_and_resize reads only the shape of its image argument when given the table: a
     # zero-stride view stands in for the float copy of the image it would otherwise need.
     shape_only = torch.zeros(1).expand(3, height, width)
-    crops = crop_and_resize(shape_only, torch.from_numpy(np.asarray(windows, np.float32)).reshape(-1, 4), size,
-                            integral=integral)
+    crops = crop_and_resize(
+        shape_only, torch.from_numpy(np.asarray(windows, np.float32)).reshape(-1, 4), size, integral=integral
+    )
     return crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
@@ -141,8 +154,14 @@ def _squares(x: np.ndarray, y: np.ndarray, side: np.ndarray) -> np.ndarray:
     return np.stack([x, y, x + side, y + side], axis=1).astype(np.float64)
 
 
-def jittered_squares(rng: np.random.Generator, faces: np.ndarray, tries: int, centre_jitter: float,
-                     size_range: tuple[float, float], min_side: int) -> tuple[np.ndarray, np.ndarray]:
+def jittered_squares(
+    rng: np.random.Generator,
+    faces: np.ndarray,
+    tries: int,
+    centre_jitter: float,
+    size_range: tuple[float, float],
+    min_side: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """``tries`` squares per face ``[K, 4]`` on the pixel grid: side from ``size_range[0]`` x the
     shorter face side to ``size_range[1]`` x the longer one (at least ``min_side``), centre moved
     by up to ``centre_jitter`` x the face width and height. Returns windows ``[K * tries, 4]`` and
@@ -161,8 +180,9 @@ def jittered_squares(rng: np.random.Generator, faces: np.ndarray, tries: int, ce
     return _squares(x, y, side), owner
 
 
-def random_negative_windows(rng: np.random.Generator, height: int, width: int, faces: np.ndarray,
-                            config: PrepConfig, size: int) -> np.ndarray:
+def random_negative_windows(
+    rng: np.random.Generator, height: int, width: int, faces: np.ndarray, config: PrepConfig, size: int
+) -> np.ndarray:
     """Up to ``random.negatives_per_image`` squares anywhere in the image with IoU below
     ``negative_iou`` with every face, side from ``size`` to ``negative_max_fraction`` of the
     shorter image side; drawn in rounds of twice the number still wanted."""
@@ -190,8 +210,15 @@ def random_negative_windows(rng: np.random.Generator, height: int, width: int, f
     return np.concatenate(found) if found else np.zeros((0, 4))
 
 
-def near_face_negative_windows(rng: np.random.Generator, height: int, width: int, faces: np.ndarray,
-                               around: np.ndarray, config: PrepConfig, size: int) -> np.ndarray:
+def near_face_negative_windows(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    faces: np.ndarray,
+    around: np.ndarray,
+    config: PrepConfig,
+    size: int,
+) -> np.ndarray:
     """``random.negatives_near_face`` tries per face of ``around`` ``[K', 4]``: squares whose top
     left corner lies within a side's length before the face and before its far edge, kept when
     inside the image and below ``negative_iou`` with every face: hard negatives that cut faces."""
@@ -211,17 +238,24 @@ def near_face_negative_windows(rng: np.random.Generator, height: int, width: int
     return windows[iou_matrix(windows, faces).max(axis=1, initial=0.0) < config.negative_iou]
 
 
-def jittered_face_windows(rng: np.random.Generator, faces: np.ndarray, usable: np.ndarray, config: PrepConfig,
-                          tries: int, size: int, image_size: tuple[int, int] | None = None
-                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def jittered_face_windows(
+    rng: np.random.Generator,
+    faces: np.ndarray,
+    usable: np.ndarray,
+    config: PrepConfig,
+    tries: int,
+    size: int,
+    image_size: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``tries`` jittered squares around each usable face (``random.centre_jitter``,
     ``random.size_range``), kept when labelled positive or part by IoU with all faces ``[K, 4]``;
     only those inside the image when ``image_size`` ``(H, W)`` is given.
 
     Returns windows ``[M, 4]``, labels ``int8 [M]`` and box targets ``float32 [M, 4]``.
     """
-    jittered, _ = jittered_squares(rng, faces[usable], tries, config.random.centre_jitter,
-                                   config.random.size_range, size)
+    jittered, _ = jittered_squares(
+        rng, faces[usable], tries, config.random.centre_jitter, config.random.size_range, size
+    )
     if image_size is not None:
         jittered = jittered[_inside(jittered, *image_size)]
     labels, best, _ = label_windows(jittered, faces, usable, config)
@@ -229,31 +263,42 @@ def jittered_face_windows(rng: np.random.Generator, faces: np.ndarray, usable: n
     return jittered[keep], labels[keep], box_targets(jittered[keep], faces[best[keep]])
 
 
-def face_crops(image: np.ndarray, faces: np.ndarray, invalid: np.ndarray, rng: np.random.Generator,
-               config: PrepConfig, size: int) -> Samples:
+def face_crops(
+    image: np.ndarray, faces: np.ndarray, invalid: np.ndarray, rng: np.random.Generator, config: PrepConfig, size: int
+) -> Samples:
     """P-Net samples from one WIDER image ``uint8 [H, W, 3]`` with faces ``[K, 4]``: random and
     near-face negatives, and jittered squares around usable faces labelled positive or part.
     Every window lies inside the image, as P-Net's windows do at detection."""
     height, width = image.shape[:2]
     faces = np.asarray(faces, np.float64).reshape(-1, 4)
     usable = usable_faces(faces, np.asarray(invalid, bool), config.min_face_size)
-    negatives = [random_negative_windows(rng, height, width, faces, config, size),
-                 near_face_negative_windows(rng, height, width, faces, faces[usable], config, size)]
-    face_windows, face_labels, face_boxes = jittered_face_windows(rng, faces, usable, config,
-                                                                  config.random.crops_per_face, size, (height, width))
+    negatives = [
+        random_negative_windows(rng, height, width, faces, config, size),
+        near_face_negative_windows(rng, height, width, faces, faces[usable], config, size),
+    ]
+    face_windows, face_labels, face_boxes = jittered_face_windows(
+        rng, faces, usable, config, config.random.crops_per_face, size, (height, width)
+    )
     negative_windows = np.concatenate(negatives)
     windows = np.concatenate([negative_windows, face_windows])
     labels = np.concatenate([np.full(len(negative_windows), LABEL_NEGATIVE, np.int8), face_labels])
     boxes = np.concatenate([np.zeros((len(negative_windows), 4), np.float32), face_boxes])
-    return Samples(images=cut_crops(image, windows, size), labels=labels, boxes=boxes,
-                   landmarks=np.zeros((len(windows), 10), np.float32), windows=windows.astype(np.float32),
-                   mirrored=np.zeros(len(windows), bool), rotation=np.zeros(len(windows), np.float32))
+    return Samples(
+        images=cut_crops(image, windows, size),
+        labels=labels,
+        boxes=boxes,
+        landmarks=np.zeros((len(windows), 10), np.float32),
+        windows=windows.astype(np.float32),
+        mirrored=np.zeros(len(windows), bool),
+        rotation=np.zeros(len(windows), np.float32),
+    )
 
 
 def mirror_targets(boxes: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Targets ``[n, 4]``, ``[n, 10]`` of horizontally flipped crops, by :func:`mtcnn.model.nets.mirror_outputs`."""
-    mirrored_boxes, mirrored_points = mirror_outputs(torch.from_numpy(np.asarray(boxes, np.float32)),
-                                                     torch.from_numpy(np.asarray(landmarks, np.float32)))
+    mirrored_boxes, mirrored_points = mirror_outputs(
+        torch.from_numpy(np.asarray(boxes, np.float32)), torch.from_numpy(np.asarray(landmarks, np.float32))
+    )
     return mirrored_boxes.numpy(), mirrored_points.numpy()
 
 
@@ -265,8 +310,9 @@ def rotation_matrix(centre: np.ndarray, degrees: float) -> np.ndarray:
     return cv2.getRotationMatrix2D((float(centre[0]) - 0.5, float(centre[1]) - 0.5), float(degrees), 1.0)
 
 
-def landmark_crops(image: np.ndarray, face: LandmarkFace, rng: np.random.Generator, config: LandmarkCropConfig,
-                   size: int) -> Samples:
+def landmark_crops(
+    image: np.ndarray, face: LandmarkFace, rng: np.random.Generator, config: LandmarkCropConfig, size: int
+) -> Samples:
     """Landmark samples of one face: ``crops_per_face`` jittered squares with IoU above
     ``min_iou`` (inside the image unless ``inside_image`` is false: outside pixels are zeros),
     each mirrored and rotated with the configured chances.
@@ -294,8 +340,9 @@ def landmark_crops(image: np.ndarray, face: LandmarkFace, rng: np.random.Generat
     for index in np.flatnonzero(~upright):
         window = windows[index]
         matrix = rotation_matrix((window[:2] + window[2:]) / 2, angles[index])
-        rotated = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        rotated = cv2.warpAffine(
+            image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+        )
         crops[index] = cut_crops(rotated, window[None], size)[0]
         points[index] = (points[index] - 0.5) @ matrix[:, :2].T + matrix[:, 2] + 0.5
     side = (windows[:, 2] - windows[:, 0])[:, None, None]
@@ -304,6 +351,12 @@ def landmark_crops(image: np.ndarray, face: LandmarkFace, rng: np.random.Generat
     boxes[mirror], landmarks[mirror] = mirror_targets(boxes[mirror], landmarks[mirror])
     crops[mirror] = crops[mirror][:, :, ::-1]
     inside = ((landmarks >= 0) & (landmarks <= 1)).all(axis=1)
-    return Samples(images=crops[inside], labels=np.full(int(inside.sum()), LABEL_LANDMARK, np.int8),
-                   boxes=boxes[inside], landmarks=landmarks[inside], windows=windows[inside].astype(np.float32),
-                   mirrored=mirror[inside], rotation=angles[inside].astype(np.float32))
+    return Samples(
+        images=crops[inside],
+        labels=np.full(int(inside.sum()), LABEL_LANDMARK, np.int8),
+        boxes=boxes[inside],
+        landmarks=landmarks[inside],
+        windows=windows[inside].astype(np.float32),
+        mirrored=mirror[inside],
+        rotation=angles[inside].astype(np.float32),
+    )

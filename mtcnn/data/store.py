@@ -32,16 +32,11 @@ import numpy as np
 
 from mtcnn.atomic import write_json_atomic
 from mtcnn.errors import DataError
-from mtcnn.model.nets import INPUT_SIZES, STAGES
+from mtcnn.spec import INPUT_SIZES, LABEL_NAMES, STAGES
 
 FORMAT_NAME = "mtcnn-sample-store"
 FORMAT_VERSION = 1
 
-LABEL_POSITIVE = 1
-LABEL_NEGATIVE = 0
-LABEL_PART = -1
-LABEL_LANDMARK = -2
-LABEL_NAMES = {1: "positive", 0: "negative", -1: "part", -2: "landmark"}
 
 MANIFEST_NAME = "manifest.json"
 SHARDS_DIR = "shards"
@@ -82,8 +77,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def check_sample_arrays(images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray,
-                        size: int, where: str) -> int:
+def check_sample_arrays(
+    images: np.ndarray, labels: np.ndarray, boxes: np.ndarray, landmarks: np.ndarray, size: int, where: str
+) -> int:
     """Check the four arrays of ``n`` samples of ``size`` px crops agree in length, shape and dtype;
     return ``n``. ``where`` names them in the :class:`DataError`."""
     arrays = {"images": images, "labels": labels, "boxes": boxes, "landmarks": landmarks}
@@ -95,14 +91,23 @@ def check_sample_arrays(images: np.ndarray, labels: np.ndarray, boxes: np.ndarra
             raise DataError(f"{where}: {name} is {array.dtype} {list(array.shape)}, expected {dtype} {list(expected)}")
     bad = ~np.isin(labels, list(LABEL_NAMES))
     if bad.any():
-        raise DataError(f"{where}: label {int(labels[bad][0])} at sample {int(np.argmax(bad))} is not one of "
-                        f"{sorted(LABEL_NAMES)}")
+        raise DataError(
+            f"{where}: label {int(labels[bad][0])} at sample {int(np.argmax(bad))} is not one of {sorted(LABEL_NAMES)}"
+        )
     return count
 
 
-def write_shard(store_dir: str | Path, index: int, size: int, images: np.ndarray, labels: np.ndarray,
-                boxes: np.ndarray, landmarks: np.ndarray, meta: Mapping[str, Any] | None = None,
-                extras: Mapping[str, np.ndarray] | None = None) -> Path:
+def write_shard(
+    store_dir: str | Path,
+    index: int,
+    size: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray,
+    meta: Mapping[str, Any] | None = None,
+    extras: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Write shard ``index`` of a store of ``size`` px crops, atomically; returns its folder.
 
     Arrays: ``images uint8 [n, size, size, 3]``, ``labels int8 [n]``, ``boxes float32 [n, 4]``,
@@ -134,8 +139,13 @@ def write_shard(store_dir: str | Path, index: int, size: int, images: np.ndarray
             np.save(handle, array)
             handle.flush()
             os.fsync(handle.fileno())
-    shard_meta = {"index": index, "count": count, "counts": label_counts(labels), "extras": sorted(extras),
-                  **dict(meta or {})}
+    shard_meta = {
+        "index": index,
+        "count": count,
+        "counts": label_counts(labels),
+        "extras": sorted(extras),
+        **dict(meta or {}),
+    }
     write_json_atomic(tmp / SHARD_META_NAME, shard_meta)
     if final.exists():
         shutil.rmtree(final)
@@ -183,8 +193,9 @@ def remove_temporary_shards(store_dir: str | Path) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def finish_store(store_dir: str | Path, stage: str, shard_indices: Sequence[int],
-                 extra_manifest: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def finish_store(
+    store_dir: str | Path, stage: str, shard_indices: Sequence[int], extra_manifest: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Write ``manifest.json`` for the given finished shards (in that order); returns the manifest.
 
     Counts are summed from the shards' metadata. ``extra_manifest`` (JSON-able: sources, skipped
@@ -202,23 +213,32 @@ def finish_store(store_dir: str | Path, stage: str, shard_indices: Sequence[int]
         for name in total:
             total[name] += int(meta["counts"][name])
     manifest = dict(extra_manifest or {})
-    manifest.update({
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "stage": stage,
-        "size": INPUT_SIZES[stage],
-        "count": sum(shard["count"] for shard in shards),
-        "counts": total,
-        "shards": shards,
-        "extras": read_shard_meta(store_dir, shard_indices[0]).get("extras", []) if shard_indices else [],
-    })
+    manifest.update(
+        {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "stage": stage,
+            "size": INPUT_SIZES[stage],
+            "count": sum(shard["count"] for shard in shards),
+            "counts": total,
+            "shards": shards,
+            "extras": read_shard_meta(store_dir, shard_indices[0]).get("extras", []) if shard_indices else [],
+        }
+    )
     write_json_atomic(store_dir / MANIFEST_NAME, manifest)
     return manifest
 
 
-def write_store(path: str | Path, stage: str, images: np.ndarray, labels: np.ndarray, boxes: np.ndarray,
-                landmarks: np.ndarray, extra_manifest: Mapping[str, Any] | None = None,
-                extras: Mapping[str, np.ndarray] | None = None) -> Path:
+def write_store(
+    path: str | Path,
+    stage: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    boxes: np.ndarray,
+    landmarks: np.ndarray,
+    extra_manifest: Mapping[str, Any] | None = None,
+    extras: Mapping[str, np.ndarray] | None = None,
+) -> Path:
     """Write a one-shard store from arrays (for tests and small tools); returns its folder.
 
     ``images uint8 [N, S, S, 3]`` with ``S`` the stage's input size, ``labels int8 [N]``,
@@ -249,7 +269,7 @@ class SampleStore:
     - ``labels``: ``int8 [N]``, one of ``LABEL_POSITIVE``, ``LABEL_NEGATIVE``, ``LABEL_PART``,
       ``LABEL_LANDMARK``;
     - ``boxes``: ``float32 [N, 4]`` offsets of the true box from the crop per unit of crop side
-      (:func:`mtcnn.ops.boxes.box_offsets`); zeros for negatives;
+      (:func:`mtcnn.data.samples.box_targets`); zeros for negatives;
     - ``landmarks``: ``float32 [N, 10]`` interleaved ``x, y`` in [0, 1] of the crop; zeros
       unless the label is landmark.
     """
@@ -281,19 +301,23 @@ class SampleStore:
         """An extra per-sample array ``[N, ...]`` written with the shards (e.g. ``origin``,
         ``window``, ``transform`` from preparation); :class:`DataError` when the store has none."""
         if name not in self.manifest.get("extras", []):
-            raise DataError(f"{self.path}: the store has no {name!r} array (it has: "
-                            f"{', '.join(self.manifest.get('extras', [])) or 'none'})")
+            raise DataError(
+                f"{self.path}: the store has no {name!r} array (it has: "
+                f"{', '.join(self.manifest.get('extras', [])) or 'none'})"
+            )
         parts = []
         for shard in self.manifest["shards"]:
             array = _load_array(self.path / SHARDS_DIR / shard["name"] / f"{name}.npy", self._mmap)
             if array.ndim < 1 or array.shape[0] != shard["count"]:
-                raise DataError(f"{self.path / SHARDS_DIR / shard['name']}: {name} has {list(array.shape)} rows, "
-                                f"expected {shard['count']}")
+                raise DataError(
+                    f"{self.path / SHARDS_DIR / shard['name']}: {name} has {list(array.shape)} rows, "
+                    f"expected {shard['count']}"
+                )
             parts.append(array)
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     @classmethod
-    def open(cls, path: str | Path, mmap: bool = True) -> "SampleStore":
+    def open(cls, path: str | Path, mmap: bool = True) -> SampleStore:
         """Open and check the store at ``path``.
 
         With one shard the arrays are memory maps of its files; several shards are concatenated
@@ -306,14 +330,18 @@ class SampleStore:
             raise DataError(f"{path}: no such sample store folder")
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():
-            raise DataError(f"{path}: no {MANIFEST_NAME}; not a sample store, or its preparation did not "
-                            "finish (run it again to resume)")
+            raise DataError(
+                f"{path}: no {MANIFEST_NAME}; not a sample store, or its preparation did not "
+                "finish (run it again to resume)"
+            )
         manifest = _read_json(manifest_path, "manifest")
         if manifest.get("format") != FORMAT_NAME:
             raise DataError(f"{manifest_path}: not a sample store manifest (format {manifest.get('format')!r})")
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise DataError(f"{manifest_path}: store format version {manifest.get('format_version')!r}, this "
-                            f"software reads version {FORMAT_VERSION}; prepare the data again")
+            raise DataError(
+                f"{manifest_path}: store format version {manifest.get('format_version')!r}, this "
+                f"software reads version {FORMAT_VERSION}; prepare the data again"
+            )
         stage = manifest.get("stage")
         if stage not in INPUT_SIZES or manifest.get("size") != INPUT_SIZES[stage]:
             raise DataError(f"{manifest_path}: bad stage {stage!r} or size {manifest.get('size')!r}")
@@ -334,6 +362,7 @@ class SampleStore:
         joined = {name: arrays[0] if len(arrays) == 1 else np.concatenate(arrays) for name, arrays in parts.items()}
         store = cls(path=path, manifest=manifest, **joined, _mmap=mmap)
         if store.counts() != manifest.get("counts"):
-            raise DataError(f"{manifest_path}: counts {manifest.get('counts')} disagree with the labels "
-                            f"{store.counts()}")
+            raise DataError(
+                f"{manifest_path}: counts {manifest.get('counts')} disagree with the labels {store.counts()}"
+            )
         return store

@@ -100,13 +100,18 @@ def bench_detect(
     rows = []
     for min_face in min_face_sizes:
         for batch in batch_sizes:
-            detector = MTCNN(weights, min_face_size=min_face, device=device, batch_size=batch,
-                             mirror_onet=mirror_onet, landmark_scales=landmark_scales)
+            detector = MTCNN(
+                weights,
+                min_face_size=min_face,
+                device=device,
+                batch_size=batch,
+                mirror_onet=mirror_onet,
+                landmark_scales=landmark_scales,
+            )
             faces = sum(len(f) for f in detector.detect(decoded))
-            seconds, _ = median_seconds(lambda: detector.detect(decoded), repeats)
+            seconds, _ = median_seconds(lambda detector=detector: detector.detect(decoded), repeats)
             rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces))
-            log.info("%s  min face %3d  batch %2d  %7.2f images/s", name, min_face, batch,
-                     rows[-1].images_per_second)
+            log.info("%s  min face %3d  batch %2d  %7.2f images/s", name, min_face, batch, rows[-1].images_per_second)
         if compare_facenet:
             row = _bench_facenet(decoded, min_face, repeats, device)
             if row is not None:
@@ -122,10 +127,11 @@ def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, devic
         return None
     from PIL import Image
 
-    from mtcnn.detect.cascade import resolve_device
+    from mtcnn.model.device import resolve_device
 
-    model = FacenetMTCNN(min_face_size=min_face, thresholds=[0.6, 0.7, 0.7], factor=0.709, keep_all=True,
-                         device=resolve_device(device))
+    model = FacenetMTCNN(
+        min_face_size=min_face, thresholds=[0.6, 0.7, 0.7], factor=0.709, keep_all=True, device=resolve_device(device)
+    )
     pil_images = [Image.fromarray(image) for image in decoded]
 
     def run() -> int:
@@ -142,8 +148,9 @@ def format_detect_table(rows: Sequence[DetectRow], machine: str, image_count: in
     """A Markdown table of the rows, with the machine and method underneath."""
     lines = ["| detector | min face | batch | images/s | faces found |", "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row.detector} | {row.min_face_size} | {row.batch_size} | "
-                     f"{row.images_per_second:.2f} | {row.faces} |")
+        lines.append(
+            f"| {row.detector} | {row.min_face_size} | {row.batch_size} | {row.images_per_second:.2f} | {row.faces} |"
+        )
     lines.append("")
     lines.append(f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} runs; {machine}")
     return "\n".join(lines)

@@ -20,11 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtcnn.ops.boxes import (apply_box_offsets, crop_and_resize, integral_image, nms, pyramid_scales,
-                         resize_from_integral, scaled_size, square_boxes)
 from mtcnn.detect.inputs import ImageInput, to_pixel_tensor
-from mtcnn.model.nets import INPUT_SIZES, STAGES, MirrorAveraged
-from mtcnn.model.weights import STAGE_NAMES, load_net, resolve_weight_files
+from mtcnn.model.device import resolve_device
+from mtcnn.model.nets import MirrorAveraged
+from mtcnn.model.weights import load_net, resolve_weight_files
+from mtcnn.ops.boxes import apply_box_offsets, nms, square_boxes
+from mtcnn.ops.resample import crop_and_resize, integral_image, pyramid_scales, resize_from_integral, scaled_size
+from mtcnn.spec import INPUT_SIZES, STAGE_NAMES, STAGES
 
 # Scale factors of the extra O-Net windows whose landmarks are averaged with the cascade's own.
 # Picked on the landmark training list, not the test list: with the shipped weights four scales
@@ -56,7 +58,7 @@ class Faces:
         return int(self.scores.shape[0])
 
     @staticmethod
-    def empty() -> "Faces":
+    def empty() -> Faces:
         return Faces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
 
 
@@ -70,33 +72,27 @@ class _Candidates:
     image_index: torch.Tensor
     landmarks: torch.Tensor | None = None
 
-    def select(self, keep: torch.Tensor) -> "_Candidates":
-        return _Candidates(self.boxes[keep], self.scores[keep], self.image_index[keep],
-                           None if self.landmarks is None else self.landmarks[keep])
+    def select(self, keep: torch.Tensor) -> _Candidates:
+        return _Candidates(
+            self.boxes[keep],
+            self.scores[keep],
+            self.image_index[keep],
+            None if self.landmarks is None else self.landmarks[keep],
+        )
 
     def per_image(self, count: int) -> list[Faces]:
         boxes, scores, index = self.boxes.float().cpu(), self.scores.float().cpu(), self.image_index.cpu()
-        landmarks = (self.landmarks.float().cpu() if self.landmarks is not None
-                     else torch.full((boxes.shape[0], 5, 2), float("nan")))
+        landmarks = (
+            self.landmarks.float().cpu()
+            if self.landmarks is not None
+            else torch.full((boxes.shape[0], 5, 2), float("nan"))
+        )
         results = []
         for image in range(count):
             members = torch.nonzero(index == image).squeeze(1)
             members = members[torch.argsort(scores[members], descending=True, stable=True)]
             results.append(Faces(boxes[members].numpy(), scores[members].numpy(), landmarks[members].numpy()))
         return results
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as torch reads it."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here")
-    return device
 
 
 def _check_probability(name: str, value: float) -> float:
@@ -170,8 +166,15 @@ class MTCNN:
         if nets is None:
             nets = {stage: load_net(path, stage) for stage, path in resolve_weight_files(weights).items()}
         # Channels-last runs these small convolutions and poolings about twice as fast on the CPU.
-        self.nets = {stage: net.to(self.device, memory_format=torch.channels_last).eval()
-                     for stage, net in nets.items()}
+        self.nets = {
+            stage: net.to(self.device, memory_format=torch.channels_last).eval() for stage, net in nets.items()
+        }
+        # The nets as the cascade runs them: O-Net, with mirror_onet, averaged over each crop and its
+        # mirror image; R-Net and O-Net take [N, 3, S, S] crops, P-Net whole images.
+        self._runners: dict[str, nn.Module] = {
+            stage: MirrorAveraged(net) if stage == "onet" and self.mirror_onet else net
+            for stage, net in self.nets.items()
+        }
 
     # ----------------------------------------------------------------------------- public API
 
@@ -198,9 +201,8 @@ class MTCNN:
         results: list[dict[str, Faces]] = []
         with torch.inference_mode():
             for start in range(0, len(images), self.batch_size):
-                chunk = images[start:start + self.batch_size]
-                pixels = [to_pixel_tensor(image, f"image {start + i}").to(self.device)
-                          for i, image in enumerate(chunk)]
+                chunk = images[start : start + self.batch_size]
+                pixels = [to_pixel_tensor(image, f"image {start + i}").to(self.device) for i, image in enumerate(chunk)]
                 per_stage = self._run_cascade(pixels, needed)
                 for i in range(len(chunk)):
                     results.append({stage: per_stage[stage][i] for stage in needed})
@@ -209,7 +211,7 @@ class MTCNN:
     def landmarks_in_boxes(self, image: ImageInput, boxes: np.ndarray | torch.Tensor) -> np.ndarray:
         """O-Net's five points ``[N, 5, 2]`` (pixels, x y) for given face ``boxes [N, 4]``
         (x1 y1 x2 y2) in one image, placed as the cascade places them: each box squared and run
-        through O-Net as :meth:`stage_net` runs it, on the ``landmark_scales`` windows too, without
+        through O-Net as the cascade runs it, on the ``landmark_scales`` windows too, without
         box regression."""
         if "onet" not in self.nets:
             raise ValueError("landmarks need weights for O-Net")
@@ -222,14 +224,6 @@ class MTCNN:
             scales = (1.0, *self.landmark_scales)
             summed = self._landmarks_at_scales([pixels], [integral_image(pixels)], windows, image_index, scales)
             return (summed / len(scales)).float().cpu().numpy()
-
-    def stage_net(self, stage: str) -> nn.Module:
-        """The net the cascade runs for ``stage`` on ``[N, 3, S, S]`` crops (R-Net, O-Net) or
-        whole images (P-Net): ``self.nets[stage]``, or for O-Net with ``mirror_onet`` that net
-        averaged over each crop and its mirror image."""
-        net = self.nets[stage]
-        # Wrapped on each call, not once, so that nets swapped into self.nets are the ones run.
-        return MirrorAveraged(net) if stage == "onet" and self.mirror_onet else net
 
     # ----------------------------------------------------------------------------- stages
 
@@ -254,21 +248,31 @@ class MTCNN:
         scales = pyramid_scales(max(min_sides), self.min_face_size, self.scale_factor, PNET_WINDOW)
         found: list[_Candidates] = []
         offsets_found: list[torch.Tensor] = []
-        for level, scale in enumerate(scales):
+        for scale in scales:
             members = [i for i, side in enumerate(min_sides) if side * scale >= PNET_WINDOW]
             for batch in self._pnet_batches(pixels, members, scale):
                 level_candidates, level_offsets = self._pnet_forward(pnet, pixels, integrals, batch, scale)
                 # NMS within one level of one image; groups keep images apart.
-                keep = nms(level_candidates.boxes, level_candidates.scores, self.nms_thresholds[0],
-                           groups=level_candidates.image_index)
+                keep = nms(
+                    level_candidates.boxes,
+                    level_candidates.scores,
+                    self.nms_thresholds[0],
+                    groups=level_candidates.image_index,
+                )
                 found.append(level_candidates.select(keep))
                 offsets_found.append(level_offsets[keep])
         device = self.device
         if not found:
-            return _Candidates(torch.zeros((0, 4), device=device), torch.zeros(0, device=device),
-                               torch.zeros(0, dtype=torch.long, device=device))
-        candidates = _Candidates(torch.cat([c.boxes for c in found]), torch.cat([c.scores for c in found]),
-                                 torch.cat([c.image_index for c in found]))
+            return _Candidates(
+                torch.zeros((0, 4), device=device),
+                torch.zeros(0, device=device),
+                torch.zeros(0, dtype=torch.long, device=device),
+            )
+        candidates = _Candidates(
+            torch.cat([c.boxes for c in found]),
+            torch.cat([c.scores for c in found]),
+            torch.cat([c.image_index for c in found]),
+        )
         offsets = torch.cat(offsets_found)
         keep = nms(candidates.boxes, candidates.scores, self.nms_thresholds[1], groups=candidates.image_index)
         candidates, offsets = candidates.select(keep), offsets[keep]
@@ -297,8 +301,7 @@ class MTCNN:
         return batches
 
     def _pnet_forward(
-        self, pnet: nn.Module, pixels: list[torch.Tensor], integrals: list[torch.Tensor], batch: list[int],
-        scale: float
+        self, pnet: nn.Module, pixels: list[torch.Tensor], integrals: list[torch.Tensor], batch: list[int], scale: float
     ) -> tuple[_Candidates, torch.Tensor]:
         """P-Net over one batch of one pyramid level: candidate windows in original-image
         pixels ``[M, 4]``, their scores and image indices, and their box offsets ``[M, 4]``."""
@@ -319,8 +322,9 @@ class MTCNN:
         # A cell counts only if its whole window lies inside the (unpadded) scaled image.
         heights = torch.tensor([s[0] for s in sizes], device=self.device)
         widths = torch.tensor([s[1] for s in sizes], device=self.device)
-        inside = ((rows[None, :, None] * PNET_STRIDE + PNET_WINDOW <= heights[:, None, None])
-                  & (cols[None, None, :] * PNET_STRIDE + PNET_WINDOW <= widths[:, None, None]))
+        inside = (rows[None, :, None] * PNET_STRIDE + PNET_WINDOW <= heights[:, None, None]) & (
+            cols[None, None, :] * PNET_STRIDE + PNET_WINDOW <= widths[:, None, None]
+        )
         slot, row, col = torch.nonzero((probability > self.thresholds[0]) & inside, as_tuple=True)
         first_x, first_y = (col * PNET_STRIDE).float(), (row * PNET_STRIDE).float()
         if getattr(pnet, "original_window_mapping", False):
@@ -343,7 +347,7 @@ class MTCNN:
         self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], previous: _Candidates, stage: str
     ) -> _Candidates:
         """R-Net or O-Net on square crops around the previous stage's boxes."""
-        net = self.stage_net(stage)
+        net = self._runners[stage]
         size = INPUT_SIZES[stage]
         windows = square_boxes(previous.boxes)
         logits, offsets, points = [], [], []
@@ -371,39 +375,55 @@ class MTCNN:
         windows = candidates.boxes
         candidates.landmarks = _points_in_windows(windows, points_all)
         candidates.boxes = apply_box_offsets(windows, offsets_all)
-        keep = nms(candidates.boxes, candidates.scores, self.nms_thresholds[3], mode="min",
-                   groups=candidates.image_index)
+        keep = nms(
+            candidates.boxes, candidates.scores, self.nms_thresholds[3], mode="min", groups=candidates.image_index
+        )
         faces = candidates.select(keep)
         if self.landmark_scales and faces.boxes.shape[0]:
             # Only the faces kept are run again: a few per image against dozens of O-Net inputs.
-            more = self._landmarks_at_scales(pixels, integrals, windows[keep], faces.image_index,
-                                             self.landmark_scales)
+            more = self._landmarks_at_scales(pixels, integrals, windows[keep], faces.image_index, self.landmark_scales)
             faces.landmarks = (faces.landmarks + more) / (1 + len(self.landmark_scales))
         return faces
 
-    def _landmarks_at_scales(self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], windows: torch.Tensor,
-                             image_index: torch.Tensor, scales: Sequence[float]) -> torch.Tensor:
+    def _landmarks_at_scales(
+        self,
+        pixels: list[torch.Tensor],
+        integrals: list[torch.Tensor],
+        windows: torch.Tensor,
+        image_index: torch.Tensor,
+        scales: Sequence[float],
+    ) -> torch.Tensor:
         """The sum over ``scales`` of O-Net's points ``[N, 5, 2]`` (pixels) on the square
         ``windows [N, 4]``, each scaled by the factor about its centre."""
         centre = (windows[:, :2] + windows[:, 2:]) / 2
         half = (windows[:, 2:] - windows[:, :2]) / 2
         # All the scaled windows in one pass: bigger batches run faster than one pass per scale.
         scaled = torch.cat([torch.cat([centre - half * scale, centre + half * scale], dim=1) for scale in scales])
-        net = self.stage_net("onet")
-        points = [net(crops).landmarks
-                  for crops in self._crop_chunks(pixels, integrals, scaled, image_index.repeat(len(scales)),
-                                                 INPUT_SIZES["onet"])]
+        net = self._runners["onet"]
+        points = [
+            net(crops).landmarks
+            for crops in self._crop_chunks(
+                pixels, integrals, scaled, image_index.repeat(len(scales)), INPUT_SIZES["onet"]
+            )
+        ]
         return _points_in_windows(scaled, torch.cat(points)).reshape(len(scales), -1, 5, 2).sum(dim=0)
 
-    def _crop_chunks(self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], windows: torch.Tensor,
-                     image_index: torch.Tensor, size: int):
+    def _crop_chunks(
+        self,
+        pixels: list[torch.Tensor],
+        integrals: list[torch.Tensor],
+        windows: torch.Tensor,
+        image_index: torch.Tensor,
+        size: int,
+    ):
         """Yield ``[n, 3, size, size]`` crops of ``windows`` in their order, at most
         ``crop_budget`` at a time, from each image's summed-area table."""
         for start in range(0, windows.shape[0], self.crop_budget):
-            chunk_windows = windows[start:start + self.crop_budget]
-            chunk_index = image_index[start:start + self.crop_budget]
-            crops = torch.empty((chunk_windows.shape[0], 3, size, size), device=self.device,
-                                memory_format=torch.channels_last)
+            chunk_windows = windows[start : start + self.crop_budget]
+            chunk_index = image_index[start : start + self.crop_budget]
+            crops = torch.empty(
+                (chunk_windows.shape[0], 3, size, size), device=self.device, memory_format=torch.channels_last
+            )
             for image in torch.unique(chunk_index).tolist():
                 members = torch.nonzero(chunk_index == image).squeeze(1)
                 crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size, integrals[image])

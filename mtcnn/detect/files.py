@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from mtcnn.detect.cascade import MTCNN, Faces
-from mtcnn.errors import ImageReadError
 from mtcnn.detect.inputs import read_image
+from mtcnn.errors import ImageReadError
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +54,10 @@ def detect_files(
         pending = [pool.submit(_read, path) for path in paths[: batch_size * 2]]
         submitted = len(pending)
         for start in range(0, len(paths), batch_size):
-            batch_paths = paths[start:start + batch_size]
-            loaded = [future.result() for future in pending[:len(batch_paths)]]
-            pending = pending[len(batch_paths):]
-            refill = paths[submitted:submitted + batch_size]
+            batch_paths = paths[start : start + batch_size]
+            loaded = [future.result() for future in pending[: len(batch_paths)]]
+            pending = pending[len(batch_paths) :]
+            refill = paths[submitted : submitted + batch_size]
             pending.extend(pool.submit(_read, path) for path in refill)
             submitted += len(refill)
             images = [image for image in loaded if not isinstance(image, ImageReadError)]
@@ -66,8 +66,9 @@ def detect_files(
                 if isinstance(image, ImageReadError):
                     yield ImageResult(path, error=str(image))
                 else:
-                    yield ImageResult(path, image.shape[1], image.shape[0], next(found),
-                                      image=image if keep_images else None)
+                    yield ImageResult(
+                        path, image.shape[1], image.shape[0], next(found), image=image if keep_images else None
+                    )
 
 
 def faces_to_json(faces: Faces) -> list[dict[str, Any]]:
@@ -87,7 +88,8 @@ def results_to_json(results: list[ImageResult]) -> dict[str, Any]:
     return {
         "images": [
             {"path": str(r.path), "width": r.width, "height": r.height, "faces": faces_to_json(r.faces)}
-            for r in results if r.faces is not None
+            for r in results
+            if r.faces is not None
         ],
         "errors": [{"path": str(r.path), "error": r.error} for r in results if r.faces is None],
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import cv2
 import numpy as np
@@ -14,7 +14,7 @@ from mtcnn.errors import ImageReadError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 #: What :func:`to_pixel_tensor` accepts: an array, a tensor, a PIL image or a file path.
-ImageInput = Union[np.ndarray, torch.Tensor, str, Path, Any]
+ImageInput = np.ndarray | torch.Tensor | str | Path | Any
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -65,7 +65,7 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
     elif isinstance(image, np.ndarray):
         array = _array_to_rgb(image, name)
         if array.dtype == np.uint16:
-            array = (array.astype(np.float32) / 257.0)
+            array = array.astype(np.float32) / 257.0
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
         array = np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
     else:
@@ -94,4 +94,3 @@ def expand_image_arguments(entries: list[str | Path]) -> list[tuple[Path, Path]]
         else:
             found.append((path, Path(path.name)))
     return found
-

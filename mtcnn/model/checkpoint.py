@@ -30,7 +30,7 @@ import torch
 
 from mtcnn.atomic import atomic_path
 from mtcnn.errors import WeightsError
-from mtcnn.model.nets import STAGES
+from mtcnn.spec import STAGES
 
 CHECKPOINT_FORMAT = "mtcnn-checkpoint"
 CHECKPOINT_VERSION = 1

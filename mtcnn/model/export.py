@@ -29,8 +29,8 @@ from torch import nn
 
 from mtcnn.atomic import atomic_path, write_json_atomic
 from mtcnn.errors import MtcnnError
-from mtcnn.model.nets import INPUT_SIZES, STAGES
 from mtcnn.model.weights import load_net, resolve_weight_files
+from mtcnn.spec import INPUT_SIZES, STAGES
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,9 @@ def export_onnx(net: nn.Module, path: str | Path) -> Path:
         import onnx  # noqa: F401  (imported to fail early with a clear message)
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise MtcnnError(f"ONNX export needs the onnx extra: pip install 'mtcnn[onnx]' ({exc.name} is missing)") from None
+        raise MtcnnError(
+            f"ONNX export needs the onnx extra: pip install 'mtcnn[onnx]' ({exc.name} is missing)"
+        ) from None
     from torch.export import Dim
 
     path = Path(path)
@@ -77,9 +79,17 @@ def export_onnx(net: nn.Module, path: str | Path) -> Path:
             logger.setLevel(logging.WARNING)
         with warnings.catch_warnings(), atomic_path(path) as tmp:
             warnings.simplefilter("ignore")  # exporter notices about opsets and deprecations
-            torch.onnx.export(net, (example_input(stage),), str(tmp), input_names=[INPUT_NAME],
-                              output_names=list(OUTPUT_NAMES), dynamic_shapes={INPUT_NAME: shape},
-                              external_data=False, verbose=False, dynamo=True)
+            torch.onnx.export(
+                net,
+                (example_input(stage),),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={INPUT_NAME: shape},
+                external_data=False,
+                verbose=False,
+                dynamo=True,
+            )
     finally:
         for logger, level in zip(quiet, levels):
             logger.setLevel(level)
@@ -124,9 +134,13 @@ def export_modules(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
-    manifest: dict[str, object] = {"format": fmt, "input": INPUT_NAME, "outputs": list(OUTPUT_NAMES),
-                                   "pixels": "float32 RGB in [0, 255], [N, 3, H, W]; normalised inside",
-                                   "nets": {}}
+    manifest: dict[str, object] = {
+        "format": fmt,
+        "input": INPUT_NAME,
+        "outputs": list(OUTPUT_NAMES),
+        "pixels": "float32 RGB in [0, 255], [N, 3, H, W]; normalised inside",
+        "nets": {},
+    }
     for stage in STAGES:
         if stage not in nets:
             continue
@@ -135,8 +149,11 @@ def export_modules(
         log.info("exporting %s to %s", stage, path)
         written[stage] = EXPORTERS[fmt](net, path)
         size = INPUT_SIZES[stage]
-        entry = {"file": path.name, "weights": (sources or {}).get(stage),
-                 "input_shape": ["N", 3, "H>=12" if stage == "pnet" else size, "W>=12" if stage == "pnet" else size]}
+        entry = {
+            "file": path.name,
+            "weights": (sources or {}).get(stage),
+            "input_shape": ["N", 3, "H>=12" if stage == "pnet" else size, "W>=12" if stage == "pnet" else size],
+        }
         if stage == "pnet":
             entry["original_window_mapping"] = bool(getattr(net, "original_window_mapping", False))
         manifest["nets"][stage] = entry

@@ -25,9 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-#: Input window side in pixels for each stage.
-INPUT_SIZES = {"pnet": 12, "rnet": 24, "onet": 48}
-STAGES = tuple(INPUT_SIZES)
+from mtcnn.spec import STAGES
+
 #: Point order after a left-right flip: the eyes swap, the nose stays, the mouth corners swap.
 MIRRORED_POINT_ORDER = (1, 0, 2, 4, 3)
 
@@ -206,8 +205,11 @@ class MirrorAveraged(nn.Module):
         count = pixels.shape[0]
         both = self.net(torch.cat([pixels, pixels.flip(3)]))  # both views in one call: larger, faster batches
         box, landmarks = mirror_outputs(both.box[count:], both.landmarks[count:])
-        return NetOutput((both.logits[:count] + both.logits[count:]) / 2, (both.box[:count] + box) / 2,
-                         (both.landmarks[:count] + landmarks) / 2)
+        return NetOutput(
+            (both.logits[:count] + both.logits[count:]) / 2,
+            (both.box[:count] + box) / 2,
+            (both.landmarks[:count] + landmarks) / 2,
+        )
 
 
 DROPOUT_HEADS = ("all", "classification")

@@ -19,21 +19,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mtcnn.model.checkpoint import is_checkpoint, load_checkpoint, load_file
 from mtcnn.errors import WeightsError
-from mtcnn.model.nets import STAGES, build_net
+from mtcnn.model.checkpoint import is_checkpoint, load_checkpoint, load_file
+from mtcnn.model.nets import build_net
+from mtcnn.spec import STAGE_NAMES, STAGES
 
 #: Keys only the original release's files have, telling which net a file holds.
 _ORIGINAL_MARKERS = {"onet": "dense6_1.weight", "rnet": "dense5_1.weight", "pnet": "conv4_1.weight"}
 #: The landmark heads the original release lacks.
-_ORIGINAL_MISSING = {"pnet": ("conv4_3.weight", "conv4_3.bias"), "rnet": ("dense5_3.weight", "dense5_3.bias"),
-                     "onet": ()}
+_ORIGINAL_MISSING = {
+    "pnet": ("conv4_3.weight", "conv4_3.bias"),
+    "rnet": ("dense5_3.weight", "dense5_3.bias"),
+    "onet": (),
+}
 #: Dense layers that read a flattened (C=channels, 3, 3) feature map.
 _FLATTENED_DENSE = {"rnet": ("dense4.weight", 64), "onet": ("dense5.weight", 128)}
 #: Row order taking (x1..x5, y1..y5) to (x1, y1, ..., x5, y5).
 _INTERLEAVE_POINTS = [0, 5, 1, 6, 2, 7, 3, 8, 4, 9]
-
-STAGE_NAMES = {"pnet": "P-Net", "rnet": "R-Net", "onet": "O-Net"}
 
 
 def _original_stage(state: Mapping[str, torch.Tensor]) -> str | None:
@@ -69,10 +71,12 @@ def _load_state_into(net: nn.Module, state: Mapping[str, torch.Tensor], path: Pa
     missing = sorted(set(expected) - set(state) - set(allowed_missing))
     if unexpected or missing:
         detail = "; ".join(
-            part for part in (
+            part
+            for part in (
                 f"unexpected keys {', '.join(unexpected[:4])}" if unexpected else "",
                 f"missing keys {', '.join(missing[:4])}" if missing else "",
-            ) if part
+            )
+            if part
         )
         raise WeightsError(f"{path}: does not fit {STAGE_NAMES[net.stage]} ({detail})")
     for key, value in state.items():

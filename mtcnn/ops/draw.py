@@ -35,8 +35,16 @@ def draw_faces(
         if scores is not None:
             label = f"{float(scores[k]):.2f}"
             scale = 0.35 * thickness
-            cv2.putText(canvas, label, (x1, max(0, y1 - 3)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
-                        max(1, thickness // 2), cv2.LINE_AA)
+            cv2.putText(
+                canvas,
+                label,
+                (x1, max(0, y1 - 3)),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                scale,
+                colour,
+                max(1, thickness // 2),
+                cv2.LINE_AA,
+            )
         if landmarks is not None:
             for point, point_colour in zip(np.asarray(landmarks[k], dtype=np.float64), POINT_COLOURS):
                 if np.all(np.isfinite(point)):
@@ -54,7 +62,7 @@ def tile_images(tiles: list[np.ndarray], columns: int, gap: int = 2) -> np.ndarr
     for index, tile in enumerate(tiles):
         row, col = divmod(index, columns)
         top, left = gap + row * (height + gap), gap + col * (width + gap)
-        grid[top:top + height, left:left + width] = tile
+        grid[top : top + height, left : left + width] = tile
     return grid
 
 

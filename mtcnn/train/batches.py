@@ -17,9 +17,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from mtcnn.data.store import SampleStore
 from mtcnn.errors import DataError
 from mtcnn.model.nets import mirror_outputs
-from mtcnn.data.store import LABEL_NAMES, SampleStore
+from mtcnn.spec import LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +55,14 @@ class SampleTensors:
     landmarks: torch.Tensor
 
     @classmethod
-    def from_store(cls, store: SampleStore, device: torch.device | str = "cpu") -> "SampleTensors":
+    def from_store(cls, store: SampleStore, device: torch.device | str = "cpu") -> SampleTensors:
         """Read the whole store into memory on ``device``."""
-        return cls(*(torch.from_numpy(np.array(array, copy=True)).to(device)
-                     for array in (store.images, store.labels, store.boxes, store.landmarks)))
+        return cls(
+            *(
+                torch.from_numpy(np.array(array, copy=True)).to(device)
+                for array in (store.images, store.labels, store.boxes, store.landmarks)
+            )
+        )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -74,8 +79,10 @@ class SampleTensors:
         """The samples at ``indices [B]`` on ``device``, as stored: ``images uint8 [B, S, S, 3]``,
         ``labels``, ``boxes``, ``landmarks``."""
         indices = indices.to(self.device)
-        return tuple(tensor.index_select(0, indices).to(device)
-                     for tensor in (self.images, self.labels, self.boxes, self.landmarks))
+        return tuple(
+            tensor.index_select(0, indices).to(device)
+            for tensor in (self.images, self.labels, self.boxes, self.landmarks)
+        )
 
     def gather(self, indices: torch.Tensor, device: torch.device | str) -> Batch:
         """The samples at ``indices [B]`` as a :class:`Batch` on ``device``, without augmentation."""
@@ -115,8 +122,14 @@ class BatchPlanner:
     Full-batch mode (``batch_size="full"``): one step over every sample, in chunks.
     """
 
-    def __init__(self, labels: np.ndarray | torch.Tensor, batch_size: int | str, ratio: Mapping[str, int],
-                 steps_per_epoch: int | None, seed: int) -> None:
+    def __init__(
+        self,
+        labels: np.ndarray | torch.Tensor,
+        batch_size: int | str,
+        ratio: Mapping[str, int],
+        steps_per_epoch: int | None,
+        seed: int,
+    ) -> None:
         self.seed = seed
         self.batch_size = batch_size
         self.count = int(labels.shape[0])
@@ -129,8 +142,10 @@ class BatchPlanner:
             elif share > 0:
                 shares[label] = share
         if not shares:
-            raise DataError(f"the training store has none of the sample types the batch ratio asks for "
-                            f"({', '.join(name for name, share in ratio.items() if share > 0)})")
+            raise DataError(
+                f"the training store has none of the sample types the batch ratio asks for "
+                f"({', '.join(name for name, share in ratio.items() if share > 0)})"
+            )
         self.pattern = np.array(slot_pattern(shares), dtype=np.int64)
         if batch_size == "full":
             self.steps_per_epoch = 1
@@ -156,12 +171,13 @@ class BatchPlanner:
             if where.size == 0:
                 continue
             repeats = -(-where.size // members.size)
-            plan[where] = np.concatenate([rng.permutation(members) for _ in range(repeats)])[:where.size]
+            plan[where] = np.concatenate([rng.permutation(members) for _ in range(repeats)])[: where.size]
         return torch.from_numpy(plan.reshape(self.steps_per_epoch, int(self.batch_size)))
 
 
-def flip_batch(images: torch.Tensor, boxes: torch.Tensor, landmarks: torch.Tensor,
-               flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def flip_batch(
+    images: torch.Tensor, boxes: torch.Tensor, landmarks: torch.Tensor, flip: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mirror the samples where ``flip [B]`` (bool) is set, left to right, with their targets.
 
     ``images [B, S, S, 3]`` (store layout, any dtype); ``boxes [B, 4]`` offsets ``dx1 dy1 dx2 dy2``
@@ -180,8 +196,9 @@ def flip_batch(images: torch.Tensor, boxes: torch.Tensor, landmarks: torch.Tenso
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)
 
 
-def jitter_colours(images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor,
-                   saturation: torch.Tensor) -> torch.Tensor:
+def jitter_colours(
+    images: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
+) -> torch.Tensor:
     """Per-sample colour jitter of float ``images [B, S, S, 3]`` (RGB, [0, 255]) by factors ``[B]``.
 
     In order: brightness scales the pixels; contrast blends each crop with its mean grey level;
@@ -196,8 +213,10 @@ def jitter_colours(images: torch.Tensor, brightness: torch.Tensor, contrast: tor
     # out = c b (s p + (1 - s) grey(p)) + (1 - c) b m; the offset is grey, so saturation keeps it.
     scale = (contrast * brightness).view(-1, 1, 1)
     identity = torch.eye(3, dtype=images.dtype, device=images.device)
-    matrix = scale * (saturation.view(-1, 1, 1) * identity
-                      + (1 - saturation).view(-1, 1, 1) * weights.view(1, 1, 3).expand(count, 3, 3))
+    matrix = scale * (
+        saturation.view(-1, 1, 1) * identity
+        + (1 - saturation).view(-1, 1, 1) * weights.view(1, 1, 3).expand(count, 3, 3)
+    )
     mean_grey = images.reshape(count, -1, 3).mean(1) @ weights
     offset = ((1 - contrast) * brightness * mean_grey).view(-1, 1, 1)
     flat = images.reshape(count, -1, 3)
@@ -209,8 +228,9 @@ def jitter_colours(images: torch.Tensor, brightness: torch.Tensor, contrast: tor
 class Augmenter:
     """Random flips and colour jitter for whole batches, from one generator on the device."""
 
-    def __init__(self, flip: bool, brightness: float, contrast: float, saturation: float,
-                 device: torch.device | str) -> None:
+    def __init__(
+        self, flip: bool, brightness: float, contrast: float, saturation: float, device: torch.device | str
+    ) -> None:
         self.flip = flip
         self.ranges = (brightness, contrast, saturation)
         self.device = torch.device(device)
@@ -221,8 +241,9 @@ class Augmenter:
         mixed = np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint64)[0]
         self.generator.manual_seed(int(mixed))
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor,
-                 landmarks: torch.Tensor) -> Batch:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, landmarks: torch.Tensor
+    ) -> Batch:
         """Augment gathered samples (``images uint8 [B, S, S, 3]`` as stored) into a :class:`Batch`.
 
         Flips happen on the ``uint8`` crops (a quarter of the bytes of floats), colour jitter on

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtcnn.train.batches import SampleTensors
 from mtcnn.config import TrainConfig
+from mtcnn.model.nets import build_net
+from mtcnn.spec import INPUT_SIZES
+from mtcnn.train.batches import SampleTensors
 from mtcnn.train.trainer import Trainer
-from mtcnn.model.nets import INPUT_SIZES, build_net
 
 #: Store sizes of the benchmark per stage (enough that batches do not sit in cache).
 DEFAULT_SAMPLES = {"pnet": 200_000, "rnet": 100_000, "onet": 50_000}
@@ -44,8 +45,12 @@ def random_store(stage: str, count: int, device: torch.device | str, seed: int =
     rng = np.random.default_rng(seed)
     size = INPUT_SIZES[stage]
     labels = rng.choice(np.array([0, 0, 0, 1, -1, -2, -2], dtype=np.int8), count)
-    arrays = (rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8), labels,
-              rng.normal(0, 0.1, (count, 4)).astype(np.float32), rng.random((count, 10), dtype=np.float32))
+    arrays = (
+        rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+        labels,
+        rng.normal(0, 0.1, (count, 4)).astype(np.float32),
+        rng.random((count, 10), dtype=np.float32),
+    )
     return SampleTensors(*(torch.from_numpy(array).to(device) for array in arrays))
 
 
@@ -82,12 +87,24 @@ def measure_trainer(trainer: Trainer, steps: int, repeats: int, warmup: int) -> 
         data_times.append((time.perf_counter() - started) / steps)
     batch_size = int(plan.shape[1])
     step_time = statistics.median(step_times)
-    return TrainSpeedRow(trainer.stage, batch_size, batch_size / step_time, 1000 * step_time,
-                         statistics.median(data_times) / step_time, tuple(batch_size / t for t in step_times))
+    return TrainSpeedRow(
+        trainer.stage,
+        batch_size,
+        batch_size / step_time,
+        1000 * step_time,
+        statistics.median(data_times) / step_time,
+        tuple(batch_size / t for t in step_times),
+    )
 
 
-def bench_train(configs: dict[str, TrainConfig], device: torch.device, samples: dict[str, int] | None = None,
-                steps: int = 40, repeats: int = 5, warmup: int = 20) -> list[TrainSpeedRow]:
+def bench_train(
+    configs: dict[str, TrainConfig],
+    device: torch.device,
+    samples: dict[str, int] | None = None,
+    steps: int = 40,
+    repeats: int = 5,
+    warmup: int = 20,
+) -> list[TrainSpeedRow]:
     """One :class:`TrainSpeedRow` per stage of ``configs`` (each stage's train settings)."""
     rows = []
     for stage, config in configs.items():
@@ -101,12 +118,19 @@ def bench_train(configs: dict[str, TrainConfig], device: torch.device, samples: 
 
 def format_train_table(rows: Sequence[TrainSpeedRow], machine: str, repeats: int) -> str:
     """A Markdown table of the rows, with the machine and method underneath."""
-    lines = ["| net | batch | samples/s (median) | step ms | data handling | runs (samples/s) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| net | batch | samples/s (median) | step ms | data handling | runs (samples/s) |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         runs = ", ".join(f"{value:,.0f}" for value in row.runs)
-        lines.append(f"| {row.stage} | {row.batch_size} | {row.samples_per_second:,.0f} | {row.step_ms:.2f} | "
-                     f"{100 * row.data_fraction:.1f}% | {runs} |")
-    lines += ["", f"Machine: {machine}. Median of {repeats} timed runs; a step is gather + flip + colour jitter + "
-              "forward + loss (OHEM) + backward + optimizer step on random crops."]
+        lines.append(
+            f"| {row.stage} | {row.batch_size} | {row.samples_per_second:,.0f} | {row.step_ms:.2f} | "
+            f"{100 * row.data_fraction:.1f}% | {runs} |"
+        )
+    lines += [
+        "",
+        f"Machine: {machine}. Median of {repeats} timed runs; a step is gather + flip + colour jitter + "
+        "forward + loss (OHEM) + backward + optimizer step on random crops.",
+    ]
     return "\n".join(lines)

@@ -22,9 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mtcnn.model.nets import NetOutput
-from mtcnn.data.store import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE
-
-LOSS_PARTS = ("classification", "box", "landmark")
+from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIVE, LOSS_PARTS
 
 
 class LossSums(NamedTuple):
@@ -75,8 +73,13 @@ def hard_example_mask(losses: torch.Tensor, candidates: torch.Tensor, keep: floa
     return (rank < kept) & candidates
 
 
-def loss_sums(output: NetOutput, labels: torch.Tensor, box_targets: torch.Tensor, landmark_targets: torch.Tensor,
-              ohem_keep: float = 0.7) -> LossSums:
+def loss_sums(
+    output: NetOutput,
+    labels: torch.Tensor,
+    box_targets: torch.Tensor,
+    landmark_targets: torch.Tensor,
+    ohem_keep: float = 0.7,
+) -> LossSums:
     """The three loss parts of a batch as sums and counts.
 
     ``output``: the net's outputs (``[N, 2]``, ``[N, 4]``, ``[N, 10]``, or P-Net's ``[N, C, 1, 1]``);
@@ -108,9 +111,9 @@ def loss_sums(output: NetOutput, labels: torch.Tensor, box_targets: torch.Tensor
     )
 
 
-def combine_loss(sums: LossSums, task_weights: tuple[float, float, float],
-                 denominators: tuple[torch.Tensor | int, ...] | None = None
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def combine_loss(
+    sums: LossSums, task_weights: tuple[float, float, float], denominators: tuple[torch.Tensor | int, ...] | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted total and the three part means (0-d tensors, the means unweighted).
 
     Each part is its sum over its count (``denominators`` overrides the counts, e.g. whole-store

@@ -34,6 +34,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtcnn.config import (
+    OPTIMIZER_SETTINGS,
+    POSITIVE_SETTINGS,
+    check_optimizer_settings,
+    check_schedule_settings,
+)
+
 # ------------------------------------------------------------------------------------ optimizers
 
 
@@ -48,37 +55,20 @@ class OptimizerSpec:
     positive: tuple[str, ...] = ()
 
 
-OPTIMIZERS: dict[str, OptimizerSpec] = {
-    "sgd": OptimizerSpec(torch.optim.SGD),
-    "momentum": OptimizerSpec(torch.optim.SGD, {"momentum": 0.9}, positive=("momentum",)),
-    "nesterov": OptimizerSpec(torch.optim.SGD, {"momentum": 0.9}, {"nesterov": True}, positive=("momentum",)),
-    "adagrad": OptimizerSpec(torch.optim.Adagrad, {"eps": None}),
-    "rmsprop": OptimizerSpec(torch.optim.RMSprop, {"alpha": None, "eps": None, "momentum": None}),
-    "adam": OptimizerSpec(torch.optim.Adam, {"betas": None, "eps": None}),
-    "adamw": OptimizerSpec(torch.optim.AdamW, {"betas": None, "eps": None}),
+#: The torch class of each optimizer and the constructor arguments its name fixes.
+_TORCH_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
+    "sgd": (torch.optim.SGD, {}),
+    "momentum": (torch.optim.SGD, {}),
+    "nesterov": (torch.optim.SGD, {"nesterov": True}),
+    "adagrad": (torch.optim.Adagrad, {}),
+    "rmsprop": (torch.optim.RMSprop, {}),
+    "adam": (torch.optim.Adam, {}),
+    "adamw": (torch.optim.AdamW, {}),
 }
-OPTIMIZER_NAMES = tuple(OPTIMIZERS)
-#: Settings every optimizer takes.
-COMMON_SETTINGS = ("lr", "weight_decay")
-
-
-def check_optimizer_settings(name: str, settings: Mapping[str, Any]) -> None:
-    """Raise ``ValueError`` naming the setting if ``name`` does not take one of ``settings``
-    (those that are not ``None``) or if a setting it needs positive is not."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZER_NAMES)}")
-    spec = OPTIMIZERS[name]
-    for key, value in settings.items():
-        if value is None or key in COMMON_SETTINGS:
-            continue
-        if key not in spec.settings:
-            takes = ", ".join((*COMMON_SETTINGS, *spec.settings))
-            raise ValueError(f"optimizer {name!r} does not take {key!r} (it takes {takes}); remove it or set "
-                             "it to null")
-    for key in spec.positive:
-        value = settings.get(key)
-        if value is not None and not value > 0:
-            raise ValueError(f"optimizer {name!r} needs {key} > 0, got {value}")
+OPTIMIZERS: dict[str, OptimizerSpec] = {
+    name: OptimizerSpec(torch_class, OPTIMIZER_SETTINGS[name], fixed, POSITIVE_SETTINGS.get(name, ()))
+    for name, (torch_class, fixed) in _TORCH_OPTIMIZERS.items()
+}
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -90,8 +80,9 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float = 0.0,
-                    **settings: Any) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float = 0.0, **settings: Any
+) -> torch.optim.Optimizer:
     """The optimizer ``name`` over ``model``'s parameters.
 
     ``settings`` are the optimizer-specific ones (``momentum``, ``betas``, ``eps``, ``alpha``);
@@ -112,49 +103,6 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float 
 # ------------------------------------------------------------------------------------- schedules
 
 
-@dataclass(frozen=True)
-class ScheduleSpec:
-    """One registered schedule: the settings it takes with their defaults (``None``: required)."""
-
-    settings: Mapping[str, Any]
-    per_epoch: bool = True
-
-
-SCHEDULES: dict[str, ScheduleSpec] = {
-    "constant": ScheduleSpec({}),
-    "step": ScheduleSpec({"step_epochs": None, "gamma": 0.1}),
-    "multistep": ScheduleSpec({"milestones": None, "gamma": 0.1}),
-    "exponential": ScheduleSpec({"gamma": 0.9}),
-    "cosine": ScheduleSpec({"min_lr_factor": 0.0}, per_epoch=False),
-    "plateau": ScheduleSpec({"gamma": 0.1, "patience": 2, "threshold": 1e-4}),
-}
-SCHEDULE_NAMES = tuple(SCHEDULES)
-#: Settings every schedule takes.
-WARMUP_SETTINGS = ("warmup_steps", "warmup_start_factor")
-
-
-def check_schedule_settings(name: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The full settings of schedule ``name`` (defaults filled in); ``ValueError`` for a setting
-    it does not take or a required one missing."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; expected one of {', '.join(SCHEDULE_NAMES)}")
-    spec = SCHEDULES[name]
-    for key, value in settings.items():
-        if value is not None and key not in spec.settings and key not in WARMUP_SETTINGS:
-            takes = ", ".join((*spec.settings, *WARMUP_SETTINGS))
-            raise ValueError(f"schedule {name!r} does not take {key!r} (it takes {takes}); remove it or set "
-                             "it to null")
-    resolved = {}
-    for key, default in spec.settings.items():
-        value = settings.get(key)
-        if value is None and default is None:
-            raise ValueError(f"schedule {name!r} needs {key!r}")
-        resolved[key] = default if value is None else value
-    if name == "multistep" and list(resolved["milestones"]) != sorted(resolved["milestones"]):
-        raise ValueError(f"schedule 'multistep' needs increasing milestones, got {list(resolved['milestones'])}")
-    return resolved
-
-
 class LRSchedule:
     """Learning rate as a function of the position in training, with optional linear warm-up.
 
@@ -168,8 +116,15 @@ class LRSchedule:
     to 1 over the first ``warmup_steps`` optimizer steps, on top of the schedule.
     """
 
-    def __init__(self, name: str, epochs: int, warmup_steps: int = 0, warmup_start_factor: float = 0.1,
-                 mode: str = "min", **settings: Any) -> None:
+    def __init__(
+        self,
+        name: str,
+        epochs: int,
+        warmup_steps: int = 0,
+        warmup_start_factor: float = 0.1,
+        mode: str = "min",
+        **settings: Any,
+    ) -> None:
         self.name = name
         self.settings = check_schedule_settings(name, settings)
         self.epochs = epochs
@@ -227,8 +182,11 @@ class LRSchedule:
                 self.plateau_bad_epochs = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"plateau_factor": self.plateau_factor, "plateau_best": self.plateau_best,
-                "plateau_bad_epochs": self.plateau_bad_epochs}
+        return {
+            "plateau_factor": self.plateau_factor,
+            "plateau_best": self.plateau_best,
+            "plateau_bad_epochs": self.plateau_bad_epochs,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.plateau_factor = float(state["plateau_factor"])
@@ -240,4 +198,3 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's rate (all groups share one base rate here)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-

@@ -1,0 +1,39 @@
+"""Multi-process training under ``torchrun``: this process's rank and the process group."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 outside one)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA,
+    gloo on the CPU (where torchrun gives each process one thread unless ``OMP_NUM_THREADS``
+    says otherwise)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    context = DistributedContext(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return context
