@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtcnn.data.readers import read_wider
+from mtcnn.config import DataConfig, build_config
+from mtcnn.data.readers import read_face_source, read_wider
 from mtcnn.data.store import SampleStore
 from mtcnn.errors import MtcnnError
 from mtcnn.model.weights import load_net
@@ -90,6 +91,14 @@ def _format(values: object, digits: int) -> str:
     return " / ".join(f"{value:.{digits}f}" for value in values) if isinstance(values, list) else "-"
 
 
+def store_faces(store: SampleStore) -> list[np.ndarray]:
+    """The face boxes ``[K, 4]`` of each image a store was prepared from, read from the face
+    sources its manifest's config lists for its split."""
+    data = build_config(DataConfig, store.manifest["config"]["data"])
+    sources = getattr(data, store.manifest["split"]).faces
+    return [image.boxes for source in sources for image in read_face_source(source)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -103,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--annotations",
         type=Path,
         default=None,
-        help="the WIDER FACE *_bbx_gt.txt the stores were cut from (default: the one in each store's manifest)",
+        help="the WIDER FACE *_bbx_gt.txt the stores were cut from (default: the sources in each store's manifest)",
     )
     parser.add_argument(
         "--judge",
@@ -123,13 +132,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise MtcnnError(f"the stores are of different stages ({', '.join(sorted(stages))})")
         stage = stages.pop()
         judges = {str(path): load_net(path, stage).eval() for path in args.judge}
-        faces: dict[Path, list[np.ndarray]] = {}  # per annotation file, read once
         summaries = []
         for store in stores:
-            annotations = args.annotations or Path(store.manifest.get("sources", {}).get("wider_annotations", ""))
-            if annotations not in faces:
-                faces[annotations] = [image.boxes for image in read_wider(annotations, ".")]
-            summaries.append(store_summary(store, faces[annotations], judges))
+            if args.annotations is not None:
+                faces = [image.boxes for image in read_wider(args.annotations, ".")]
+            else:
+                faces = store_faces(store)
+            summaries.append(store_summary(store, faces, judges))
     except (MtcnnError, OSError) as exc:  # bad paths or stores: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2

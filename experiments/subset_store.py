@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER
+from mtcnn.data.prepare import SOURCE_FACES, SOURCE_LANDMARKS
 from mtcnn.data.store import MANIFEST_NAME, SampleStore, write_store
 from mtcnn.errors import MtcnnError
 
 log = logging.getLogger(__name__)
 
 #: The manifest's count of the inputs of each source (``origin[:, 0]``).
-SOURCE_COUNT_KEYS = {SOURCE_WIDER: "wider_images_used", SOURCE_LANDMARKS: "landmark_faces_used"}
+SOURCE_COUNT_KEYS = {SOURCE_FACES: "face_images_used", SOURCE_LANDMARKS: "landmark_faces_used"}
 #: Manifest keys that :func:`mtcnn.data.store.write_store` writes afresh for the new store.
 STRUCTURAL_KEYS = ("format", "format_version", "stage", "size", "count", "counts", "shards", "extras")
 
@@ -63,7 +63,7 @@ def choose_subset(
     origin = store.extra("origin")
     rng = np.random.default_rng(seed)
     chosen: dict[int, np.ndarray] = {}
-    for code, fraction in ((SOURCE_WIDER, wider_fraction), (SOURCE_LANDMARKS, landmark_fraction)):
+    for code, fraction in ((SOURCE_FACES, wider_fraction), (SOURCE_LANDMARKS, landmark_fraction)):
         from_source = origin[:, 0] == code
         largest = int(origin[from_source, 1].max()) if from_source.any() else -1
         chosen[code] = choose_inputs(input_total(store.manifest, largest, code), fraction, rng)
@@ -84,7 +84,7 @@ def subset_store(store: SampleStore, out: Path, chosen: dict[int, np.ndarray], r
     manifest["subset"] = {
         "of": str(store.path),
         **(record or {}),
-        "wider_images": chosen.get(SOURCE_WIDER, np.zeros(0, int)).tolist(),
+        "wider_images": chosen.get(SOURCE_FACES, np.zeros(0, int)).tolist(),
         "landmark_faces": chosen.get(SOURCE_LANDMARKS, np.zeros(0, int)).tolist(),
     }
     write_store(

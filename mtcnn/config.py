@@ -167,6 +167,8 @@ def _build(cls: type[T], data: Any, path: str) -> T:
     for key in data:
         if key not in fields:
             dotted = f"{path}.{key}" if path else str(key)
+            if key in getattr(cls, "LEGACY_KEYS", ()):
+                raise ConfigError(f"{dotted}: {cls.LEGACY_HINT}")
             close = difflib.get_close_matches(str(key), list(fields), n=3, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"unknown key {dotted!r}{hint}")
@@ -272,26 +274,130 @@ def write_config(config: Any, path: str | Path) -> None:
 # ------------------------------------------------------------------------------ the stage config
 
 
+#: Face annotation formats a data source may have.
+FACE_FORMATS = ("wider", "yolo", "coco")
+#: 5-point landmark formats a data source may have.
+LANDMARK_FORMATS = ("cnn_facepoint", "celeba")
+#: What each format needs besides ``images`` (``cnn_facepoint`` needs only ``list``).
+_REQUIRED_KEYS = {
+    "wider": ("annotations",),
+    "yolo": (),
+    "coco": ("annotations",),
+    "cnn_facepoint": ("list",),
+    "celeba": ("images", "boxes", "landmarks"),
+}
+#: What each format may take.
+_ALLOWED_KEYS = {
+    "wider": ("images", "annotations"),
+    "yolo": ("images", "labels", "face_class"),
+    "coco": ("images", "annotations", "face_class"),
+    "cnn_facepoint": ("list", "images"),
+    "celeba": ("images", "boxes", "landmarks"),
+}
+
+
+def _check_source_keys(source: Any) -> None:
+    """A source's keys for its format: the required ones set, no key another format uses."""
+    for key in _REQUIRED_KEYS[source.format]:
+        if getattr(source, key) is None:
+            raise ValueError(f"format {source.format} needs {key!r}")
+    for item in dataclasses.fields(source):
+        value = getattr(source, item.name)
+        if item.name != "format" and value is not None and item.name not in _ALLOWED_KEYS[source.format]:
+            takes = ", ".join(_ALLOWED_KEYS[source.format])
+            raise ValueError(f"format {source.format} does not take {item.name!r} (it takes {takes})")
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceSource:
+    """One set of images with face boxes. ``wider``: WIDER FACE's ``*_bbx_gt.txt``
+    (``annotations``) with image names under ``images``; ``yolo``: images under ``images``, one
+    ``class cx cy w h`` label file per image under ``labels`` (default: the folder ``images``
+    names with its ``images`` part replaced by ``labels``, as ultralytics reads it); ``coco``: a
+    COCO JSON (``annotations``) whose ``file_name`` entries are under ``images``. ``face_class``
+    picks the face class where a set has several: a YOLO class name or id (default: the one class,
+    or the one named ``face``), a COCO category name (default ``face``)."""
+
+    format: str = setting(choices=FACE_FORMATS, doc="wider, yolo or coco")
+    images: Path = setting(doc="the images folder")
+    annotations: Path | None = setting(None, doc="wider: the *_bbx_gt.txt file; coco: the JSON file")
+    labels: Path | None = setting(None, doc="yolo: the labels folder (default: images/ -> labels/)")
+    face_class: str | int | None = setting(None, doc="yolo: class name or id; coco: category name")
+
+    def __post_init__(self) -> None:
+        _check_source_keys(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class LandmarkSource:
+    """One set of faces with five landmarks. ``cnn_facepoint``: a list of ``path left right top
+    bottom x1 y1 ... x5 y5`` lines (``list``), paths relative to ``images`` (default: the list's
+    folder); ``celeba``: CelebA's ``list_bbox_celeba.txt`` (``boxes``) and
+    ``list_landmarks_celeba.txt`` (``landmarks``) for the in-the-wild images under ``images``."""
+
+    format: str = setting(choices=LANDMARK_FORMATS, doc="cnn_facepoint or celeba")
+    list: Path | None = setting(None, doc="cnn_facepoint: the list file")
+    images: Path | None = setting(None, doc="the images folder (cnn_facepoint: default the list's folder)")
+    boxes: Path | None = setting(None, doc="celeba: list_bbox_celeba.txt")
+    landmarks: Path | None = setting(None, doc="celeba: list_landmarks_celeba.txt")
+
+    def __post_init__(self) -> None:
+        _check_source_keys(self)
+
+
+#: The data kit's sets, as scripts/link_kit.sh links them into data/.
+KIT_WIDER_VAL_IMAGES = Path("data/widerface/WIDER_val/images")
+KIT_LANDMARK_VAL_LIST = Path("data/landmarks/testImageList.txt")
+_KIT_TRAIN_FACES = (
+    FaceSource(
+        "wider",
+        Path("data/widerface/WIDER_train/images"),
+        Path("data/widerface/wider_face_split/wider_face_train_bbx_gt.txt"),
+    ),
+)
+_KIT_VAL_FACES = (
+    FaceSource("wider", KIT_WIDER_VAL_IMAGES, Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt")),
+)
+
+_KIT_TRAIN_LANDMARKS = (LandmarkSource("cnn_facepoint", Path("data/landmarks/trainImageList.txt")),)
+_KIT_VAL_LANDMARKS = (LandmarkSource("cnn_facepoint", KIT_LANDMARK_VAL_LIST),)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitData:
+    """The sources of one split: face sets (boxes) and landmark sets (five points), any mix."""
+
+    faces: tuple[FaceSource, ...] = setting(default_factory=tuple, doc="face sets: wider, yolo or coco")
+    landmarks: tuple[LandmarkSource, ...] = setting(default_factory=tuple, doc="landmark sets: cnn_facepoint or celeba")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the datasets are. Relative paths are relative to the working directory."""
+    """Where the datasets are, per split. Relative paths are relative to the working directory."""
 
-    wider_train_images: Path = setting(
-        Path("data/widerface/WIDER_train/images"), doc="WIDER FACE training images folder"
+    #: Keys of the single-source layout before sources were listed per split.
+    LEGACY_KEYS: typing.ClassVar[tuple[str, ...]] = (
+        "wider_train_images",
+        "wider_train_annotations",
+        "wider_val_images",
+        "wider_val_annotations",
+        "landmark_train_list",
+        "landmark_val_list",
     )
-    wider_train_annotations: Path = setting(
-        Path("data/widerface/wider_face_split/wider_face_train_bbx_gt.txt"),
-        doc="WIDER FACE training boxes (*_bbx_gt.txt)",
+    LEGACY_HINT: typing.ClassVar[str] = (
+        "the data section lists sources per split now: data: {train: {faces: [{format: wider, images: DIR, "
+        "annotations: FILE}], landmarks: [{format: cnn_facepoint, list: FILE}]}, val: {...}} (see configs/pnet.yaml)"
     )
-    wider_val_images: Path = setting(Path("data/widerface/WIDER_val/images"), doc="WIDER FACE validation images")
-    wider_val_annotations: Path = setting(
-        Path("data/widerface/wider_face_split/wider_face_val_bbx_gt.txt"), doc="WIDER FACE validation boxes"
+
+    train: SplitData = setting(
+        default_factory=lambda: SplitData(
+            _KIT_TRAIN_FACES, (LandmarkSource("cnn_facepoint", Path("data/landmarks/trainImageList.txt")),)
+        ),
+        doc="the training sources",
     )
-    landmark_train_list: Path = setting(
-        Path("data/landmarks/trainImageList.txt"), doc="CNN_FacePoint-format landmark list for training"
-    )
-    landmark_val_list: Path = setting(
-        Path("data/landmarks/testImageList.txt"), doc="CNN_FacePoint-format landmark list for validation"
+    val: SplitData = setting(
+        default_factory=lambda: SplitData(_KIT_VAL_FACES, _KIT_VAL_LANDMARKS),
+        doc="the validation sources",
     )
 
 

@@ -245,13 +245,13 @@ class Pipeline:
 
     def _recall_step(self, stages: Sequence[str]) -> Callable[[], None]:
         def run() -> None:
-            from mtcnn.data.readers import read_wider
+            from mtcnn.data.readers import read_face_source
             from mtcnn.eval.recall import evaluate_stages, format_stage_table
 
             evaluation = self.config.evaluate
             mining = self._stage_config(STAGES[len(stages)]).mining  # the settings the next stage mines with
-            data = self._stage_config(stages[-1]).data
-            images = read_wider(data.wider_val_annotations, data.wider_val_images)[: evaluation.recall_images]
+            sources = self._stage_config(stages[-1]).data.val.faces
+            images = [image for source in sources for image in read_face_source(source)][: evaluation.recall_images]
             detector = self._detector(
                 stages,
                 min_face_size=mining.min_face_size,

@@ -23,6 +23,9 @@ LABEL_PART = -1
 LABEL_LANDMARK = -2
 LABEL_NAMES = {LABEL_POSITIVE: "positive", LABEL_NEGATIVE: "negative", LABEL_PART: "part", LABEL_LANDMARK: "landmark"}
 
+#: Image file suffixes read from folders (detection inputs, YOLO sets).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 #: The three tasks of the loss, in the order of the task weights.
 LOSS_PARTS = ("classification", "box", "landmark")
 

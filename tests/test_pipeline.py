@@ -23,12 +23,12 @@ def tiny_stage(stage: str, kit: Path, reference_weights: Path) -> list[str]:
     """Overrides making one stage's prep and training take seconds: a few images, a few steps,
     starting from the original weights so that mining with the trained nets finds faces."""
     return [
-        f"data.wider_train_images={kit}/widerface/WIDER_train/images",
-        f"data.wider_train_annotations={kit}/widerface/wider_face_split/wider_face_train_bbx_gt.txt",
-        f"data.wider_val_images={kit}/widerface/WIDER_val/images",
-        f"data.wider_val_annotations={kit}/widerface/wider_face_split/wider_face_val_bbx_gt.txt",
-        f"data.landmark_train_list={kit}/landmarks/trainImageList.txt",
-        f"data.landmark_val_list={kit}/landmarks/testImageList.txt",
+        f"data.train.faces=[{{format: wider, images: {kit}/widerface/WIDER_train/images, "
+        f"annotations: {kit}/widerface/wider_face_split/wider_face_train_bbx_gt.txt}}]",
+        f"data.val.faces=[{{format: wider, images: {kit}/widerface/WIDER_val/images, "
+        f"annotations: {kit}/widerface/wider_face_split/wider_face_val_bbx_gt.txt}}]",
+        f"data.train.landmarks=[{{format: cnn_facepoint, list: {kit}/landmarks/trainImageList.txt}}]",
+        f"data.val.landmarks=[{{format: cnn_facepoint, list: {kit}/landmarks/testImageList.txt}}]",
         "prep.limit_images=4",
         "prep.limit_landmark_faces=24",
         f"train.init_weights={reference_weights}/{stage}.pt",

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from mtcnn.cli import main
 from mtcnn.config import StageConfig, build_config
-from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
+from mtcnn.data.prepare import SOURCE_FACES, SOURCE_LANDMARKS, prepare
 from mtcnn.data.readers import read_landmark_list, read_wider
 from mtcnn.data.samples import cut_crops, mirror_targets
 from mtcnn.data.store import SampleStore
@@ -23,20 +24,31 @@ from mtcnn.spec import LABEL_LANDMARK, LABEL_NEGATIVE, LABEL_PART, LABEL_POSITIV
 SMALL = ["prep.limit_images=6", "prep.limit_landmark_faces=40", "prep.images_per_shard=2", "prep.faces_per_shard=20"]
 
 
-def kit_data(kit: Path) -> dict[str, str]:
+def wider_source(images: Path, annotations: Path) -> dict[str, str]:
+    return {"format": "wider", "images": str(images), "annotations": str(annotations)}
+
+
+def kit_data(kit: Path) -> dict[str, dict]:
     wider, marks = kit / "widerface", kit / "landmarks"
+    split = wider / "wider_face_split"
     return {
-        "wider_train_images": str(wider / "WIDER_train" / "images"),
-        "wider_train_annotations": str(wider / "wider_face_split" / "wider_face_train_bbx_gt.txt"),
-        "wider_val_images": str(wider / "WIDER_val" / "images"),
-        "wider_val_annotations": str(wider / "wider_face_split" / "wider_face_val_bbx_gt.txt"),
-        "landmark_train_list": str(marks / "trainImageList.txt"),
-        "landmark_val_list": str(marks / "testImageList.txt"),
+        "train": {
+            "faces": [wider_source(wider / "WIDER_train" / "images", split / "wider_face_train_bbx_gt.txt")],
+            "landmarks": [{"format": "cnn_facepoint", "list": str(marks / "trainImageList.txt")}],
+        },
+        "val": {
+            "faces": [wider_source(wider / "WIDER_val" / "images", split / "wider_face_val_bbx_gt.txt")],
+            "landmarks": [{"format": "cnn_facepoint", "list": str(marks / "testImageList.txt")}],
+        },
     }
 
 
-def kit_config(kit: Path, stage: str = "pnet", overrides=(), data: dict | None = None) -> StageConfig:
-    return build_config(StageConfig, {"stage": stage, "data": {**kit_data(kit), **(data or {})}}, list(overrides))
+def kit_config(kit: Path, stage: str = "pnet", overrides=(), train: dict | None = None) -> StageConfig:
+    """The kit's sources, with ``train`` (``faces`` and/or ``landmarks`` lists) replacing the
+    training split's."""
+    data = kit_data(kit)
+    data["train"].update(train or {})
+    return build_config(StageConfig, {"stage": stage, "data": data}, list(overrides))
 
 
 def reference_iou(box: np.ndarray, faces: np.ndarray) -> np.ndarray:
@@ -81,9 +93,9 @@ def pnet_store(kit: Path, tmp_path_factory) -> tuple[SampleStore, StageConfig]:
 def test_every_wider_crop_label_matches_its_iou_with_all_faces(pnet_store):
     store, config = pnet_store
     prep = config.prep
-    wider = read_wider(config.data.wider_train_annotations, config.data.wider_train_images)
+    wider = read_wider(config.data.train.faces[0].annotations, config.data.train.faces[0].images)
     origin, windows = store.extra("origin"), store.extra("window")
-    from_wider = np.flatnonzero(origin[:, 0] == SOURCE_WIDER)
+    from_wider = np.flatnonzero(origin[:, 0] == SOURCE_FACES)
     assert set(store.labels[from_wider].tolist()) == {LABEL_POSITIVE, LABEL_NEGATIVE, LABEL_PART}
     images = {}
     for i in from_wider:
@@ -115,7 +127,7 @@ def test_every_wider_crop_label_matches_its_iou_with_all_faces(pnet_store):
 
 def test_landmark_targets_decode_to_the_annotation_mirrored_or_not(pnet_store):
     store, config = pnet_store
-    faces = read_landmark_list(config.data.landmark_train_list)
+    faces = read_landmark_list(config.data.train.landmarks[0].list)
     origin, windows, transform = store.extra("origin"), store.extra("window"), store.extra("transform")
     marks = np.flatnonzero(store.labels == LABEL_LANDMARK)
     assert np.array_equal(np.flatnonzero(origin[:, 0] == SOURCE_LANDMARKS), marks)
@@ -221,7 +233,7 @@ def test_interrupted_run_resumes_to_the_same_result(pnet_store, tmp_path: Path, 
     assert summary.shards_done_before == summary.shards_total - 1
     np.testing.assert_array_equal(SampleStore.open(out).images, reference.images)
     # Other settings into the same folder are refused, not mixed in.
-    changed = kit_config(Path(config.data.wider_train_images).parents[2], overrides=SMALL + ["prep.seed=3"])
+    changed = kit_config(Path(config.data.train.faces[0].images).parents[2], overrides=SMALL + ["prep.seed=3"])
     with pytest.raises(DataError, match="other settings"):
         prepare("pnet", changed, out, workers=1)
 
@@ -244,7 +256,7 @@ def _tiny_wider(kit: Path, tmp_path: Path, extra: str = "") -> dict[str, str]:
     lines += ["x/missing.jpg", "1", "10 10 40 40 0 0 0 0 0 0", "x/corrupt.jpg", "1", "10 10 40 40 0 0 0 0 0 0"]
     annotation = tmp_path / "gt.txt"
     annotation.write_text("\n".join(lines) + "\n" + extra)
-    return {"wider_train_images": str(images), "wider_train_annotations": str(annotation)}
+    return {"faces": [wider_source(images, annotation)]}
 
 
 def test_unreadable_images_and_bad_points_are_skipped_and_counted(kit: Path, tmp_path: Path, caplog):
@@ -256,8 +268,8 @@ def test_unreadable_images_and_bad_points_are_skipped_and_counted(kit: Path, tmp
     lines[2][5] = "400.0"  # left eye x beyond the 154 px image
     landmark_list = tmp_path / "marks.txt"
     landmark_list.write_text("".join(" ".join(line) + "\n" for line in lines))
-    data = {**_tiny_wider(kit, tmp_path), "landmark_train_list": str(landmark_list)}
-    config = kit_config(kit, data=data, overrides=["prep.faces_per_shard=2"])
+    train = {**_tiny_wider(kit, tmp_path), "landmarks": [{"format": "cnn_facepoint", "list": str(landmark_list)}]}
+    config = kit_config(kit, train=train, overrides=["prep.faces_per_shard=2"])
     summary = prepare("pnet", config, tmp_path / "out", workers=1)
     skipped = summary.manifest["skipped_inputs"]
     assert skipped["count"] == 2
@@ -267,19 +279,21 @@ def test_unreadable_images_and_bad_points_are_skipped_and_counted(kit: Path, tmp
     assert problems["count"] == 1 and problems["messages"][0].startswith(f"{landmark_list}:3: landmark point 1")
     assert "missing.jpg" in caplog.text
     store = SampleStore.open(tmp_path / "out")
-    assert set(store.extra("origin")[:, 1][store.extra("origin")[:, 0] == SOURCE_WIDER].tolist()) == {0, 1}
+    assert set(store.extra("origin")[:, 1][store.extra("origin")[:, 0] == SOURCE_FACES].tolist()) == {0, 1}
     assert set(store.extra("origin")[:, 1][store.extra("origin")[:, 0] == SOURCE_LANDMARKS].tolist()) <= {0, 1}
 
 
 def test_broken_inputs_stop_with_file_and_line(kit: Path, tmp_path: Path, capsys):
-    data = _tiny_wider(kit, tmp_path, extra="y/z.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n")
+    train = _tiny_wider(kit, tmp_path, extra="y/z.jpg\n2\n1 2 3 4 0 0 0 0 0 0\n")
     with pytest.raises(DataError, match=r"gt.txt: file ends inside image 'y/z.jpg'"):
-        prepare("pnet", kit_config(kit, data=data), tmp_path / "out")
+        prepare("pnet", kit_config(kit, train=train), tmp_path / "out")
     with pytest.raises(MtcnnError, match="the config is for pnet, not rnet"):
         prepare("rnet", kit_config(kit), tmp_path / "out", weights={"pnet": "x.pt"})
     config_file = tmp_path / "pnet.yaml"
+    annotations = train["faces"][0]["annotations"]
     config_file.write_text(
-        f"stage: pnet\ndata:\n  wider_train_annotations: {data['wider_train_annotations']}\nprep:\n  part_iou: 0.9\n"
+        f"stage: pnet\ndata:\n  train:\n    faces: [{{format: wider, images: x, annotations: {annotations}}}]\n"
+        "prep:\n  part_iou: 0.9\n"
     )
     assert main(["prep", "pnet", "--config", str(config_file), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
@@ -288,8 +302,7 @@ def test_broken_inputs_stop_with_file_and_line(kit: Path, tmp_path: Path, capsys
 
 def test_cli_prep_and_inspect(kit: Path, tmp_path: Path, capsys, monkeypatch):
     config_file = tmp_path / "pnet.yaml"
-    data_lines = "".join(f"  {key}: {value}\n" for key, value in kit_data(kit).items())
-    config_file.write_text(f"stage: pnet\ndata:\n{data_lines}")
+    config_file.write_text(yaml.safe_dump({"stage": "pnet", "data": kit_data(kit)}))
     args = [
         "prep",
         "pnet",
@@ -335,7 +348,7 @@ def test_rnet_mining_labels_and_crops_match_the_detector(kit: Path, reference_we
     summary = prepare("rnet", config, tmp_path / "r", workers=1, weights={"pnet": reference_weights / "pnet.pt"})
     store = SampleStore.open(tmp_path / "r")
     assert store.size == 24 and store.counts()["positive"] > 0 and store.counts()["landmark"] > 0
-    wider = read_wider(config.data.wider_train_annotations, config.data.wider_train_images)[:3]
+    wider = read_wider(config.data.train.faces[0].annotations, config.data.train.faces[0].images)[:3]
     detector = MTCNN(weights={"pnet": reference_weights / "pnet.pt"}, device="cpu")
     origin, windows = store.extra("origin"), store.extra("window")
     usable_faces, found, jittered = 0, 0, 0
@@ -343,7 +356,7 @@ def test_rnet_mining_labels_and_crops_match_the_detector(kit: Path, reference_we
         image = read_image(annotation.path)
         detected = detector.detect_stages([image], last_stage="pnet")[0]["pnet"].boxes
         squares = square_boxes(torch.from_numpy(detected)).numpy()
-        mine = np.flatnonzero((origin[:, 0] == SOURCE_WIDER) & (origin[:, 1] == index))
+        mine = np.flatnonzero((origin[:, 0] == SOURCE_FACES) & (origin[:, 1] == index))
         assert 0 < (store.labels[mine] == LABEL_NEGATIVE).sum() <= 15
         faces = annotation.boxes.astype(np.float64)
         # Every mined window is one of the detector's squares, cut exactly as R-Net gets it.

@@ -8,7 +8,7 @@ import pytest
 from scripts_dir import load_script
 from test_prep import SMALL, kit_config
 
-from mtcnn.data.prepare import SOURCE_LANDMARKS, SOURCE_WIDER, prepare
+from mtcnn.data.prepare import SOURCE_FACES, SOURCE_LANDMARKS, prepare
 from mtcnn.data.store import ARRAY_NAMES, SampleStore, finish_store, write_shard
 
 subset_store = load_script("subset_store")
@@ -22,7 +22,7 @@ def synthetic_store(path: Path, shards: int = 3, per_shard: int = 40, images: in
         count = per_shard
         source = (rng.random(count) < 0.3).astype(np.int32)
         origin = np.stack(
-            [source, np.where(source == SOURCE_WIDER, rng.integers(0, images, count), rng.integers(0, faces, count))],
+            [source, np.where(source == SOURCE_FACES, rng.integers(0, images, count), rng.integers(0, faces, count))],
             axis=1,
         ).astype(np.int32)
         labels = np.where(source == SOURCE_LANDMARKS, -2, rng.integers(-1, 2, count)).astype(np.int8)
@@ -36,7 +36,7 @@ def synthetic_store(path: Path, shards: int = 3, per_shard: int = 40, images: in
             rng.random((count, 10), dtype=np.float32),
             extras={"origin": origin, "window": rng.random((count, 4), dtype=np.float32)},
         )
-    finish_store(path, "pnet", range(shards), {"sources": {"wider_images_used": images, "landmark_faces_used": faces}})
+    finish_store(path, "pnet", range(shards), {"sources": {"face_images_used": images, "landmark_faces_used": faces}})
     return path
 
 
@@ -45,7 +45,7 @@ def test_subset_equals_preparing_only_those_images(kit: Path, tmp_path: Path):
     prepare("pnet", full_config, tmp_path / "full", workers=1)
     fewer = kit_config(kit, overrides=SMALL + ["prep.limit_images=3", "prep.limit_landmark_faces=20"])
     prepare("pnet", fewer, tmp_path / "fewer", workers=1)
-    chosen = {SOURCE_WIDER: np.arange(3), SOURCE_LANDMARKS: np.arange(20)}
+    chosen = {SOURCE_FACES: np.arange(3), SOURCE_LANDMARKS: np.arange(20)}
     subset_store.subset_store(SampleStore.open(tmp_path / "full"), tmp_path / "subset", chosen)
 
     expected, got = SampleStore.open(tmp_path / "fewer"), SampleStore.open(tmp_path / "subset")
@@ -78,7 +78,7 @@ def test_fractions_keep_every_sample_of_the_chosen_inputs_and_no_other(tmp_path:
     record = got.manifest["subset"]
     assert len(record["wider_images"]) == round(wider * 20) and len(record["landmark_faces"]) == round(landmarks * 10)
     assert len(set(record["wider_images"])) == len(record["wider_images"])
-    chosen = {SOURCE_WIDER: set(record["wider_images"]), SOURCE_LANDMARKS: set(record["landmark_faces"])}
+    chosen = {SOURCE_FACES: set(record["wider_images"]), SOURCE_LANDMARKS: set(record["landmark_faces"])}
     kept = [row for row, (code, index) in enumerate(source.extra("origin")) if index in chosen[code]]
     for name in ARRAY_NAMES:
         np.testing.assert_array_equal(getattr(got, name), getattr(source, name)[kept])

@@ -40,9 +40,8 @@ def _print_and_write(document: dict, text: str, out: Path | None) -> None:
 
 def _add_wider_val_options(parser: argparse.ArgumentParser) -> None:
     """``--gt-dir`` and ``--images``: the WIDER_val ground truth and images that AP is scored on."""
-    from mtcnn.config import DataConfig
+    from mtcnn.config import KIT_WIDER_VAL_IMAGES as images
 
-    images = DataConfig().wider_val_images
     parser.add_argument(
         "--gt-dir",
         type=Path,
@@ -61,9 +60,8 @@ def _add_wider_val_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers) -> None:
-    from mtcnn.config import DataConfig
+    from mtcnn.config import KIT_LANDMARK_VAL_LIST
 
-    data = DataConfig()
     parser = subparsers.add_parser(
         "eval",
         help="measure a detector: WIDER FACE AP, landmark error, stage recall",
@@ -122,9 +120,9 @@ def add_parser(subparsers) -> None:
     landmarks.add_argument(
         "--list",
         type=Path,
-        default=data.landmark_val_list,
+        default=KIT_LANDMARK_VAL_LIST,
         metavar="FILE",
-        help=f"CNN_FacePoint-format list (default {data.landmark_val_list})",
+        help=f"CNN_FacePoint-format list (default {KIT_LANDMARK_VAL_LIST})",
     )
     landmarks.add_argument(
         "--images-root",
@@ -254,9 +252,9 @@ def _run_eval_stages(args: argparse.Namespace) -> int:
     from mtcnn.model.weights import resolve_weight_files
     from mtcnn.spec import STAGES
 
-    data = DataConfig()
-    images_dir = args.images or getattr(data, f"wider_{args.split}_images")
-    annotations = args.annotations or getattr(data, f"wider_{args.split}_annotations")
+    kit = getattr(DataConfig(), args.split).faces[0]  # the kit's WIDER set of the split
+    images_dir = args.images or kit.images
+    annotations = args.annotations or kit.annotations
     images = read_wider(annotations, images_dir)
     if args.max_images is not None:
         images = images[: args.max_images]

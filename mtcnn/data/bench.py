@@ -70,7 +70,7 @@ def bench_prep(
                 cpus.append(_cpu_seconds() - cpu)
                 samples = summary.samples
                 sources = summary.manifest["sources"]
-                inputs = sources["wider_images_used"] + sources["landmark_faces_used"]
+                inputs = sources["face_images_used"] + sources["landmark_faces_used"]
             rows.append(
                 PrepBenchRow(
                     stage,

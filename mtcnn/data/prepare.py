@@ -38,7 +38,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtcnn.allocator import retain_freed_memory
 from mtcnn.config import StageConfig, to_dict
-from mtcnn.data.readers import LandmarkFace, WiderImage, points_outside, read_landmark_list, read_wider
+from mtcnn.data.readers import LandmarkFace, WiderImage, points_outside, read_face_source, read_landmark_source
 from mtcnn.data.samples import Samples, face_crops, landmark_crops
 from mtcnn.data.store import (
     FORMAT_VERSION,
@@ -48,17 +48,18 @@ from mtcnn.data.store import (
     finish_store,
     read_shard_meta,
     remove_temporary_shards,
+    shard_name,
     write_shard,
 )
 from mtcnn.detect.inputs import read_image
 from mtcnn.errors import DataError, ImageReadError, MtcnnError
 from mtcnn.model.checkpoint import software_versions
-from mtcnn.spec import INPUT_SIZES
+from mtcnn.spec import INPUT_SIZES, LABEL_NAMES
 
 log = logging.getLogger(__name__)
 
-#: Source codes in each sample's ``origin``: which input list its index refers to.
-SOURCE_WIDER, SOURCE_LANDMARKS = 0, 1
+#: Source codes in each sample's ``origin``: face images (of all face sources) or landmark faces.
+SOURCE_FACES, SOURCE_LANDMARKS = 0, 1
 #: Messages kept in the manifest per kind (the count is always complete).
 MAX_MESSAGES = 200
 
@@ -110,39 +111,63 @@ class PrepSummary:
 def split_inputs(
     config: StageConfig, split: str, problems: list[str]
 ) -> tuple[list[WiderImage], list[LandmarkFace], dict[str, Any]]:
-    """The WIDER images and landmark faces of ``split`` (``train`` or ``val``), limited as the
-    config says, and a description of the sources for the manifest."""
-    data = config.data
-    if split == "train":
-        annotations, images_dir, landmark_list = (
-            data.wider_train_annotations,
-            data.wider_train_images,
-            data.landmark_train_list,
-        )
-    elif split == "val":
-        annotations, images_dir, landmark_list = (
-            data.wider_val_annotations,
-            data.wider_val_images,
-            data.landmark_val_list,
-        )
-    else:
+    """The face images and landmark faces of ``split`` (``train`` or ``val``): every source of
+    ``data.<split>`` in config order, limited as the config says, and a description of the
+    sources for the manifest (each with how many of its images or faces are used)."""
+    if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    wider = read_wider(annotations, images_dir, problems)
-    landmarks = read_landmark_list(landmark_list, problems=problems)
+    data = getattr(config.data, split)
+    if not data.faces and not data.landmarks:
+        raise DataError(f"data.{split} lists no face or landmark sources")
+    faces: list[list[WiderImage]] = [read_face_source(source, problems) for source in data.faces]
+    marks: list[list[LandmarkFace]] = [read_landmark_source(source, problems) for source in data.landmarks]
     prep = config.prep
-    if prep.limit_images is not None:
-        wider = wider[: prep.limit_images]
-    if prep.limit_landmark_faces is not None:
-        landmarks = landmarks[: prep.limit_landmark_faces]
+    wider = _first(faces, prep.limit_images)
+    landmarks = _first(marks, prep.limit_landmark_faces)
     sources = {
         "split": split,
-        "wider_annotations": str(annotations),
-        "wider_images": str(images_dir),
-        "landmark_list": str(landmark_list),
-        "wider_images_used": len(wider),
+        "faces": [
+            {**_source_record(source), "images": len(images), "faces": int(sum(len(image) for image in images))}
+            for source, images in zip(data.faces, faces)
+        ],
+        "landmarks": [{**_source_record(source), "faces": len(found)} for source, found in zip(data.landmarks, marks)],
+        "face_images_used": len(wider),
         "landmark_faces_used": len(landmarks),
     }
     return wider, landmarks, sources
+
+
+def _first(per_source: Sequence[Sequence[Any]], limit: int | None) -> list[Any]:
+    """The items of all sources in order, the first ``limit`` of them when given."""
+    items = [item for items in per_source for item in items]
+    return items if limit is None else items[:limit]
+
+
+def _source_record(source: Any) -> dict[str, Any]:
+    """A config source as the manifest lists it: its format and the paths set."""
+    return {key: value for key, value in to_dict(source).items() if value is not None}
+
+
+def source_counts(out: Path, shard_indices: Sequence[int], sources: Mapping[str, Any]) -> dict[str, list[dict]]:
+    """Samples per label of each source, from the shards' ``origin`` arrays: which face or
+    landmark source each sample's image or face came from."""
+    counted = {"faces": SOURCE_FACES, "landmarks": SOURCE_LANDMARKS}
+    result: dict[str, list[dict]] = {}
+    for kind, code in counted.items():
+        sizes = [entry["images" if kind == "faces" else "faces"] for entry in sources[kind]]
+        ends = np.cumsum(sizes)
+        per_source = [dict.fromkeys(LABEL_NAMES.values(), 0) for _ in sizes]
+        for index in shard_indices:
+            folder = out / SHARDS_DIR / shard_name(index)
+            origin = np.load(folder / "origin.npy", mmap_mode="r")
+            labels = np.load(folder / "labels.npy", mmap_mode="r")
+            mine = origin[:, 0] == code
+            which = np.searchsorted(ends, origin[mine, 1], side="right")  # the source of each sample
+            pairs, numbers = np.unique(np.stack([which, labels[mine]]), axis=1, return_counts=True)
+            for (source_index, label), number in zip(pairs.T.tolist(), numbers.tolist()):
+                per_source[source_index][LABEL_NAMES[label]] += number
+        result[kind] = per_source
+    return result
 
 
 def plan_shards(
@@ -151,7 +176,7 @@ def plan_shards(
     """WIDER shards first, then landmark shards, numbered from 0."""
     tasks: list[ShardTask] = []
     for source, items, step in (
-        (SOURCE_WIDER, wider, images_per_shard),
+        (SOURCE_FACES, wider, images_per_shard),
         (SOURCE_LANDMARKS, landmarks, faces_per_shard),
     ):
         for start in range(0, len(items), step):
@@ -259,7 +284,7 @@ def _wider_samples(
         for i in present:
             item, index = task.items[i], task.start + i
             samples = face_crops(
-                images[i], item.boxes, item.invalid, _rng(prep.seed, SOURCE_WIDER, index), prep, job.size
+                images[i], item.boxes, item.invalid, _rng(prep.seed, SOURCE_FACES, index), prep, job.size
             )
             results.append((index, samples))
         return results
@@ -273,7 +298,7 @@ def _wider_samples(
             images[i],
             task.items[i],
             image_windows,
-            _rng(prep.seed, SOURCE_WIDER, index),
+            _rng(prep.seed, SOURCE_FACES, index),
             prep,
             job.config.mining,
             job.size,
@@ -316,7 +341,7 @@ def run_shard(job: PrepJob, task: ShardTask) -> dict[str, Any]:
         "items": len(task.items),
         "digest": _task_digest(task),
     }
-    if task.source == SOURCE_WIDER:
+    if task.source == SOURCE_FACES:
         results = _wider_samples(job, task, skipped, meta)
     else:
         results = _landmark_samples(job, task, skipped, problems)
@@ -457,7 +482,7 @@ def prepare(
     wider, landmarks, sources = split_inputs(config, split, problems)
     tasks = plan_shards(wider, landmarks, config.prep.images_per_shard, config.prep.faces_per_shard)
     if not tasks:
-        raise DataError(f"{sources['wider_annotations']}: no images or landmark faces to prepare from")
+        raise DataError(f"data.{split}: its sources hold no images or landmark faces to prepare from")
     job_fingerprint = fingerprint(stage, config, sources, tasks, weights)
     _check_folder(out, job_fingerprint, overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -474,6 +499,10 @@ def prepare(
             job, remaining, max(1, min(workers, len(remaining))), sum(len(task.items) for task in tasks), done_items
         )
     metas = [read_shard_meta(out, task.index) for task in tasks]
+    counts = source_counts(out, [task.index for task in tasks], sources)
+    for kind in ("faces", "landmarks"):
+        for entry, samples in zip(sources[kind], counts[kind]):
+            entry["samples"] = samples
     extra: dict[str, Any] = {
         "fingerprint": job_fingerprint,
         "split": split,
@@ -495,7 +524,7 @@ def prepare(
         },
         "versions": software_versions(),
         "extras_meaning": {
-            "origin": "[source (0 WIDER image, 1 landmark face), index in that list]",
+            "origin": "[source (0 face image, 1 landmark face), index in the sources' images or faces in order]",
             "window": "crop window x1 y1 x2 y2 in source image pixels, before mirroring",
             "transform": "[mirrored (0/1), rotation in degrees]",
         },

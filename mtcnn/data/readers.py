@@ -5,13 +5,25 @@
   count 0 and one line of zeros);
 - the CNN_FacePoint list: ``path left right top bottom x1 y1 ... x5 y5`` -- box order left,
   right, top, bottom;
+- YOLO (ultralytics layout): one ``.txt`` per image under ``labels/`` mirroring ``images/``, lines
+  ``class cx cy w h`` normalised to the image size (read from the image's header, EXIF rotation
+  applied, as the detector sees it); ``data.yaml`` names the classes. An image without a label
+  file is a background image; a label file without an image is reported;
+- COCO JSON: ``images`` (``id``, ``file_name``), ``annotations`` (``image_id``, ``bbox`` as ``x y w
+  h`` pixels, ``category_id``, ``iscrowd``) and ``categories``; crowd boxes are kept as faces that
+  give no positives, like WIDER's invalid ones;
 - CelebA: ``list_bbox_celeba.txt`` (``image_id x_1 y_1 width height``) with
   ``list_landmarks_celeba.txt`` (``image_id lefteye_x lefteye_y ... rightmouth_y``), each after a
   count line and a header line.
 
+Every face set reads into :class:`WiderImage` records (YOLO and COCO sets have no WIDER
+attributes: those are 0), every landmark set into :class:`LandmarkFace`; :func:`read_face_source`
+and :func:`read_landmark_source` read one source of a stage config.
+
 Structural breakage (a line that does not parse, a count that does not match the lines) raises
 :class:`~mtcnn.errors.DataError` naming the file and line. A single bad annotation (a box of zero
-or negative size, points outside the image) is logged as a warning with file and line, the face
+or negative size or wholly outside the image, a number that is NaN or infinite, points outside
+the image) is logged as a warning with file and line, the face
 is left out, and the message is appended to ``problems`` when the caller passes a list, so that
 it can be counted in a manifest. Image files are not opened here: a missing or corrupt image is
 found, reported and counted when preparation decodes it.
@@ -23,14 +35,20 @@ the smaller x in a frontal face).
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import yaml
 
+from mtcnn.config import FaceSource, LandmarkSource
 from mtcnn.errors import DataError
+from mtcnn.spec import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +205,10 @@ def read_wider(
                 )
             values = _numbers(fields, annotation_file, face_line, "a face line of numbers")
             x, y, w, h = values[:4]
+            if not all(math.isfinite(value) for value in values[:4]):
+                message = f"{annotation_file}:{face_line}: face of {name!r} has a NaN or infinite number; left out"
+                _report(message, problems)
+                continue
             if w <= 0 or h <= 0:
                 _report(
                     f"{annotation_file}:{face_line}: face of {name!r} has zero or negative size "
@@ -212,13 +234,276 @@ def read_wider(
     return images
 
 
+def _face_image(
+    path: Path, name: str, rows: list[list[float]], crowd: list[bool], source: Path, line: int
+) -> WiderImage:
+    """A :class:`WiderImage` of a YOLO or COCO image: ``rows`` ``x1 y1 x2 y2``, no WIDER attributes."""
+    boxes = np.asarray(rows, dtype=np.float32).reshape(-1, 4)
+    zeros = np.zeros(len(boxes), dtype=np.int64)
+    return WiderImage(
+        path=path,
+        name=name,
+        boxes=boxes,
+        invalid=np.asarray(crowd, dtype=bool).reshape(-1),
+        blur=zeros,
+        expression=zeros,
+        illumination=zeros,
+        occlusion=zeros,
+        pose=zeros,
+        source=source,
+        line=line,
+    )
+
+
+def _checked_box(
+    box: list[float], width: float, height: float, where: str, problems: list[str] | None
+) -> list[float] | None:
+    """``box`` (``x1 y1 x2 y2`` pixels) when it is finite, has an area and overlaps the
+    ``width`` x ``height`` image; else None, reported with ``where``."""
+    if not all(math.isfinite(value) for value in box):
+        _report(f"{where}: a NaN or infinite number; face left out", problems)
+    elif not _positive_size(*box):
+        _report(f"{where}: box has zero or negative size; face left out", problems)
+    elif box[2] <= 0 or box[3] <= 0 or box[0] >= width or box[1] >= height:
+        _report(f"{where}: box lies wholly outside the {width:g}x{height:g} image; face left out", problems)
+    else:
+        return box
+    return None
+
+
+# ------------------------------------------------------------------------------ YOLO
+
+
+#: EXIF orientations that swap an image's width and height (rotations by 90 degrees).
+_TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` of an image as decoded with its EXIF rotation, from its header; None
+    when the file cannot be read."""
+    from PIL import Image, UnidentifiedImageError  # Pillow comes with torchvision
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return (height, width) if orientation in _TRANSPOSED_ORIENTATIONS else (width, height)
+
+
+def default_labels_dir(images_dir: Path) -> Path:
+    """Where ultralytics looks for the labels of ``images_dir``: the last ``images`` part of the
+    path replaced by ``labels`` (``set/images/train`` -> ``set/labels/train``)."""
+    parts = list(images_dir.parts)
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] == "images":
+            parts[i] = "labels"
+            return Path(*parts)
+    raise DataError(f"{images_dir}: no 'images' folder in the path to find the labels beside; give 'labels'")
+
+
+def _class_names(labels_dir: Path) -> tuple[Path, dict[int, str]] | None:
+    """The ``names`` of the ``data.yaml`` nearest above ``labels_dir`` (up to three folders up)."""
+    for folder in [labels_dir, *list(labels_dir.parents)[:3]]:
+        path = folder / "data.yaml"
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise DataError(f"{path}: cannot read the class names ({exc})") from None
+            names = data.get("names") if isinstance(data, dict) else None
+            if isinstance(names, list):
+                names = dict(enumerate(names))
+            if not isinstance(names, dict):
+                raise DataError(f"{path}: expected 'names', a list or a mapping of class ids to names")
+            return path, {int(key): str(value) for key, value in names.items()}
+    return None
+
+
+def _yolo_face_class(labels_dir: Path, face_class: str | int | None) -> int | None:
+    """The class id of faces: ``face_class`` (an id, or a name data.yaml gives), else data.yaml's
+    one class or its class named ``face``; None when there is no data.yaml and no ``face_class``
+    (then every label must be class 0)."""
+    if isinstance(face_class, int):
+        return face_class
+    found = _class_names(labels_dir)
+    if found is None:
+        if face_class is not None:
+            raise DataError(f"{labels_dir}: face_class {face_class!r} is a name, but no data.yaml names the classes")
+        return None
+    path, names = found
+    wanted = face_class if face_class is not None else "face"
+    matches = [key for key, name in names.items() if name == wanted]
+    if matches:
+        return matches[0]
+    if face_class is None and len(names) == 1:
+        return next(iter(names))
+    raise DataError(f"{path}: no class named {wanted!r} among {sorted(names.values())}; set face_class")
+
+
+def read_yolo(
+    images_dir: str | Path,
+    labels_dir: str | Path | None = None,
+    face_class: str | int | None = None,
+    problems: list[str] | None = None,
+) -> list[WiderImage]:
+    """Read a YOLO face set: every image under ``images_dir`` (sorted by path) with the faces of
+    its label file under ``labels_dir`` (default :func:`default_labels_dir`), lines ``class cx cy
+    w h`` normalised to the image. Lines of other classes are left out; an image without a label
+    file is a background image; a label file without an image is reported."""
+    images_dir = Path(images_dir)
+    labels_dir = Path(labels_dir) if labels_dir is not None else default_labels_dir(images_dir)
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: no such images folder")
+    if not labels_dir.is_dir():
+        raise DataError(f"{labels_dir}: no such labels folder")
+    face_id = _yolo_face_class(labels_dir, face_class)
+    files = sorted(path for path in images_dir.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+    images: list[WiderImage] = []
+    for path in files:
+        relative = path.relative_to(images_dir)
+        label_file = labels_dir / relative.with_suffix(".txt")
+        rows: list[list[float]] = []
+        if label_file.is_file():
+            size = _image_size(path)
+            if size is None:
+                _report(f"{path}: cannot read the image size; image left out", problems)
+                continue
+            rows = _yolo_faces(label_file, face_id, size, problems)
+        images.append(_face_image(path, relative.as_posix(), rows, [False] * len(rows), label_file, 1))
+    stems = {path.relative_to(images_dir).with_suffix("") for path in files}
+    for label_file in sorted(labels_dir.rglob("*.txt")):
+        if label_file.relative_to(labels_dir).with_suffix("") not in stems:
+            _report(f"{label_file}: a label file without an image in {images_dir}; left out", problems)
+    return images
+
+
+def _yolo_faces(
+    label_file: Path, face_id: int | None, size: tuple[int, int], problems: list[str] | None
+) -> list[list[float]]:
+    """The face boxes ``x1 y1 x2 y2`` in pixels of one YOLO label file for an image of ``size``
+    ``(width, height)``."""
+    width, height = size
+    rows = []
+    for line, text in _numbered_lines(label_file):
+        fields = text.split()
+        if len(fields) != 5:
+            raise DataError(f"{label_file}:{line}: expected 'class cx cy w h', got {len(fields)} fields")
+        try:
+            label = int(fields[0])
+        except ValueError:
+            raise DataError(f"{label_file}:{line}: expected an integer class id, got {fields[0]!r}") from None
+        if face_id is None and label != 0:
+            raise DataError(f"{label_file}:{line}: class {label}, but no data.yaml names the classes; set face_class")
+        if label != (face_id or 0):
+            continue
+        cx, cy, w, h = _numbers(fields[1:], label_file, line, "four numbers after the class")
+        box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+        # Normalised numbers carry rounding: without this a 20 px face comes back 19.9999 px and
+        # falls below min_face_size. No annotation is finer than a thousandth of a pixel.
+        box = [round(value, 3) if math.isfinite(value) else value for value in box]
+        checked = _checked_box(box, width, height, f"{label_file}:{line}", problems)
+        if checked is not None:
+            rows.append(checked)
+    return rows
+
+
+# ------------------------------------------------------------------------------ COCO
+
+
+def _json_list(document: Mapping[str, Any], key: str, path: Path) -> list[Any]:
+    value = document.get(key)
+    if not isinstance(value, list):
+        raise DataError(f"{path}: expected a list '{key}' at the top level")
+    return value
+
+
+def _coco_face_category(categories: list[Any], face_class: str | int | None, path: Path) -> int:
+    names = {}
+    for index, category in enumerate(categories):
+        if not isinstance(category, dict) or "id" not in category or "name" not in category:
+            raise DataError(f"{path}: categories[{index}] needs 'id' and 'name'")
+        names[category["id"]] = str(category["name"])
+    wanted = str(face_class) if face_class is not None else "face"
+    matches = [key for key, name in names.items() if name == wanted]
+    if matches:
+        return matches[0]
+    if face_class is None and len(names) == 1:
+        return next(iter(names))
+    raise DataError(f"{path}: no category named {wanted!r} among {sorted(names.values())}; set face_class")
+
+
+def read_coco(
+    annotation_file: str | Path,
+    images_dir: str | Path,
+    face_class: str | int | None = None,
+    problems: list[str] | None = None,
+) -> list[WiderImage]:
+    """Read a COCO face set: each of the file's ``images`` (in file order) with its boxes of the
+    face category (``face_class``, default ``face``, or the one category); ``iscrowd`` boxes are
+    kept as faces marked invalid. Image paths are ``images_dir / file_name``."""
+    annotation_file, images_dir = Path(annotation_file), Path(images_dir)
+    try:
+        document = json.loads(annotation_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{annotation_file}: cannot read annotation file ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{annotation_file}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{annotation_file}: not a UTF-8 text file") from None
+    if not isinstance(document, dict):
+        raise DataError(f"{annotation_file}: expected a JSON object with images, annotations and categories")
+    face_id = _coco_face_category(_json_list(document, "categories", annotation_file), face_class, annotation_file)
+    entries: dict[Any, dict[str, Any]] = {}
+    for index, image in enumerate(_json_list(document, "images", annotation_file)):
+        if not isinstance(image, dict) or not all(key in image for key in ("id", "file_name", "width", "height")):
+            raise DataError(f"{annotation_file}: images[{index}] needs 'id', 'file_name', 'width' and 'height'")
+        if image["id"] in entries:
+            raise DataError(f"{annotation_file}: images[{index}]: image id {image['id']!r} listed twice")
+        entries[image["id"]] = {"image": image, "rows": [], "crowd": []}
+    for index, annotation in enumerate(_json_list(document, "annotations", annotation_file)):
+        where = f"{annotation_file}: annotations[{index}]"
+        if not isinstance(annotation, dict) or not all(key in annotation for key in ("image_id", "bbox")):
+            raise DataError(f"{where} needs 'image_id' and 'bbox'")
+        if annotation.get("category_id", face_id) != face_id:
+            continue
+        entry = entries.get(annotation["image_id"])
+        if entry is None:
+            raise DataError(f"{where}: image id {annotation['image_id']!r} is not among the images")
+        bbox = annotation["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
+            raise DataError(f"{where}: expected bbox [x, y, w, h] of numbers, got {bbox!r}")
+        x, y, w, h = (float(value) for value in bbox)
+        image = entry["image"]
+        checked = _checked_box([x, y, x + w, y + h], float(image["width"]), float(image["height"]), where, problems)
+        if checked is not None:
+            entry["rows"].append(checked)
+            entry["crowd"].append(bool(annotation.get("iscrowd", 0)))
+    return [
+        _face_image(
+            images_dir / entry["image"]["file_name"],
+            str(entry["image"]["file_name"]),
+            entry["rows"],
+            entry["crowd"],
+            annotation_file,
+            0,
+        )
+        for entry in entries.values()
+    ]
+
+
 # ------------------------------------------------------------------------------ landmark lists
 
 
 def _landmark_face(
     path: Path, box: list[float], points: list[float], source: Path, line: int, problems: list[str] | None
 ) -> LandmarkFace | None:
-    """A checked face, or None (reported) when its box is empty or a point is negative."""
+    """A checked face, or None (reported) when a number is NaN or infinite, its box is empty or a
+    point is negative."""
+    if not all(math.isfinite(value) for value in (*box, *points)):
+        _report(f"{source}:{line}: a NaN or infinite number; face left out", problems)
+        return None
     if not _positive_size(*box):
         _report(
             f"{source}:{line}: box {box[0]:g} {box[1]:g} {box[2]:g} {box[3]:g} (x1 y1 x2 y2) has zero or "
@@ -326,3 +611,22 @@ def points_outside(face: LandmarkFace, height: int, width: int) -> str | None:
         f"{face.where}: landmark point {index + 1} ({points[index, 0]:g}, {points[index, 1]:g}) lies outside "
         f"the {width}x{height} image {face.path.name}; face left out"
     )
+
+
+# ------------------------------------------------------------------------------ config sources
+
+
+def read_face_source(source: FaceSource, problems: list[str] | None = None) -> list[WiderImage]:
+    """The images and face boxes of one ``data.<split>.faces`` entry of a stage config."""
+    if source.format == "wider":
+        return read_wider(source.annotations, source.images, problems)
+    if source.format == "yolo":
+        return read_yolo(source.images, source.labels, source.face_class, problems)
+    return read_coco(source.annotations, source.images, source.face_class, problems)
+
+
+def read_landmark_source(source: LandmarkSource, problems: list[str] | None = None) -> list[LandmarkFace]:
+    """The faces and five points of one ``data.<split>.landmarks`` entry of a stage config."""
+    if source.format == "cnn_facepoint":
+        return read_landmark_list(source.list, source.images, problems)
+    return read_celeba(source.boxes, source.landmarks, source.images, problems)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from mtcnn.detect.cascade import LANDMARK_SCALES
-from mtcnn.detect.inputs import IMAGE_EXTENSIONS, read_image
+from mtcnn.detect.inputs import read_image
+from mtcnn.spec import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,7 @@ import numpy as np
 import torch
 
 from mtcnn.errors import ImageReadError
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+from mtcnn.spec import IMAGE_EXTENSIONS
 
 #: What :func:`to_pixel_tensor` accepts: an array, a tensor, a PIL image or a file path.
 ImageInput = np.ndarray | torch.Tensor | str | Path | Any
