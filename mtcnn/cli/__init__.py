@@ -14,6 +14,7 @@ import sys
 from mtcnn import __version__
 from mtcnn.allocator import retain_freed_memory
 from mtcnn.cli import bench, detect, eval, export, pipeline, prep, train
+from mtcnn.cli.options import CommandParser
 from mtcnn.errors import MtcnnError
 from mtcnn.spec import STAGE_NAMES
 
@@ -21,9 +22,7 @@ log = logging.getLogger("mtcnn")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mtcnn", description="MTCNN face detection: detect, prepare data, train, evaluate."
-    )
+    parser = CommandParser(prog="mtcnn", description="MTCNN face detection: detect, prepare data, train, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -57,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train_command(stage: str, argv: list[str] | None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog=f"train-{stage}",
         description=f"Train {STAGE_NAMES[stage]} on its prepared sample store, as the "
         "train section of its config says.",

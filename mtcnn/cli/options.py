@@ -3,13 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
 from mtcnn.errors import MtcnnError
 
 log = logging.getLogger("mtcnn")
+
+
+class CommandParser(argparse.ArgumentParser):
+    """``argparse`` as the commands use it: a mistyped option or command is named by the
+    (sub)command it was given to, with the closest valid names; and ``--set KEY=VALUE ...``
+    takes only ``KEY=VALUE`` words, so that a positional argument after it is not swallowed
+    (``mtcnn train --set epochs=1 pnet``)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = _split_overrides(sys.argv[1:] if args is None else list(args))
+        parsed, extras = super().parse_known_args(args, namespace)
+        options = [word for word in extras if word.startswith("-")]
+        if options and not self._subparsers:  # a leaf command: no subcommand can take them
+            wanted = options[0].split("=", 1)[0]
+            close = difflib.get_close_matches(wanted, list(self._option_string_actions), n=2, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed, extras
+
+    def error(self, message: str):
+        found = re.match(r"argument .*: invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            close = difflib.get_close_matches(found.group(1), choices, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        super().error(message)
+
+
+def _split_overrides(words: list[str]) -> list[str]:
+    """``--set a=1 b=2`` as ``--set=a=1 --set=b=2``: argparse then ends the option at the first
+    word without ``=``. A ``--set`` followed by no ``KEY=VALUE`` is left for argparse to report."""
+    result: list[str] = []
+    taken = None  # KEY=VALUE words read after the latest --set; None outside one
+    for word in words:
+        if taken is not None and "=" in word and not word.startswith("-"):
+            result.append(f"--set={word}")
+            taken += 1
+            continue
+        if taken == 0:
+            result.append("--set")
+        taken = 0 if word == "--set" else None
+        if taken is None:
+            result.append(word)
+    if taken == 0:
+        result.append("--set")
+    return result
 
 
 def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | None = None) -> None:

@@ -50,7 +50,9 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
 
     Accepted: numpy arrays ``[H, W, 3]`` RGB (or grayscale ``[H, W]``, RGBA), uint8, uint16 or
     float in [0, 255]; torch tensors ``[3, H, W]`` RGB in the torchvision layout (uint8 or float in
-    [0, 255]); PIL images; and file paths (read with :func:`read_image`).
+    [0, 255]); PIL images; and file paths (read with :func:`read_image`). A float image whose
+    values all lie in [0, 1] (torchvision's ``ToTensor``) is refused: the nets would see it as
+    black and find nothing.
     """
     if isinstance(image, (str, Path)):
         array = read_image(image)
@@ -60,16 +62,31 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
         if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
             raise ImageReadError(f"{name}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
         tensor = image[:3] if image.shape[0] != 1 else image.expand(3, -1, -1)
+        _check_not_unit_range(tensor, name)
         return tensor.to(torch.float32)
     elif isinstance(image, np.ndarray):
         array = _array_to_rgb(image, name)
         if array.dtype == np.uint16:
             array = array.astype(np.float32) / 257.0
+        elif np.issubdtype(array.dtype, np.floating):
+            _check_not_unit_range(torch.from_numpy(array.astype(np.float32, copy=False)), name)
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
         array = np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
     else:
         raise ImageReadError(f"{name}: unsupported image type {type(image).__name__}")
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).to(torch.float32)
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:  # np.asarray(PIL image) is read-only, and torch warns on those
+        array = array.astype(np.float32)  # the float copy made below anyway
+    return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32)
+
+
+def _check_not_unit_range(pixels: torch.Tensor, name: str) -> None:
+    """Refuse float pixels that all lie in (0, 1]: values meant for [0, 1], not [0, 255]."""
+    if pixels.is_floating_point() and pixels.numel() and 0 < float(pixels.max()) <= 1.0:
+        raise ImageReadError(
+            f"{name}: float pixel values all in [0, 1] (torchvision's ToTensor?); the detector takes "
+            "values in [0, 255]: pass image * 255"
+        )
 
 
 def expand_image_arguments(entries: list[str | Path]) -> list[tuple[Path, Path]]:

@@ -29,27 +29,39 @@ def draw_faces(
     canvas = np.ascontiguousarray(image.copy())
     thickness = max(1, round(max(canvas.shape[:2]) / 400))
     radius = max(1, thickness + 1)
+    labels_drawn: list[tuple[int, int, int, int]] = []
     for k, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 4)):
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thickness)
         if scores is not None:
-            label = f"{float(scores[k]):.2f}"
-            scale = 0.35 * thickness
-            cv2.putText(
-                canvas,
-                label,
-                (x1, max(0, y1 - 3)),
-                cv2.FONT_HERSHEY_SIMPLEX,
-                scale,
-                colour,
-                max(1, thickness // 2),
-                cv2.LINE_AA,
-            )
+            _draw_label(canvas, f"{float(scores[k]):.2f}", (x1, y1, x2, y2), thickness, colour, labels_drawn)
         if landmarks is not None:
             for point, point_colour in zip(np.asarray(landmarks[k], dtype=np.float64), POINT_COLOURS):
                 if np.all(np.isfinite(point)):
                     cv2.circle(canvas, (int(round(point[0])), int(round(point[1]))), radius, point_colour, -1)
     return canvas
+
+
+def _draw_label(
+    canvas: np.ndarray,
+    text: str,
+    box: tuple[int, int, int, int],
+    thickness: int,
+    colour: tuple[int, int, int],
+    drawn: list[tuple[int, int, int, int]],
+) -> None:
+    """Write ``text`` above ``box``, else below it, where it covers no label in ``drawn`` (text
+    rectangles x1 y1 x2 y2, appended to); left out where both places are taken. Faces come by
+    falling score, so on a crowded picture the surest faces keep their labels."""
+    scale, weight = 0.35 * thickness, max(1, thickness // 2)
+    (width, height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
+    x1, y1, _, y2 = box
+    for bottom in (max(height, y1 - 3), y2 + height + 3):
+        spot = (x1, bottom - height, x1 + width, bottom + baseline)
+        if all(spot[2] <= a or spot[0] >= c or spot[3] <= b or spot[1] >= d for a, b, c, d in drawn):
+            cv2.putText(canvas, text, (x1, bottom), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, weight, cv2.LINE_AA)
+            drawn.append(spot)
+            return
 
 
 def tile_images(tiles: list[np.ndarray], columns: int, gap: int = 2) -> np.ndarray:
