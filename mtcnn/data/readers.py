@@ -321,6 +321,18 @@ def _class_names(labels_dir: Path) -> tuple[Path, dict[int, str]] | None:
     return None
 
 
+def _face_label(names: Mapping[Any, str], face_class: str | None, where: Path, what: str) -> Any:
+    """The id of the face class among ``names`` ``{id: name}``: the one named ``face_class``
+    (default ``face``), else the only one when no name was asked for."""
+    wanted = face_class if face_class is not None else "face"
+    matches = [key for key, name in names.items() if name == wanted]
+    if matches:
+        return matches[0]
+    if face_class is None and len(names) == 1:
+        return next(iter(names))
+    raise DataError(f"{where}: no {what} named {wanted!r} among {sorted(names.values())}; set face_class")
+
+
 def _yolo_face_class(labels_dir: Path, face_class: str | int | None) -> int | None:
     """The class id of faces: ``face_class`` (an id, or a name data.yaml gives), else data.yaml's
     one class or its class named ``face``; None when there is no data.yaml and no ``face_class``
@@ -333,13 +345,7 @@ def _yolo_face_class(labels_dir: Path, face_class: str | int | None) -> int | No
             raise DataError(f"{labels_dir}: face_class {face_class!r} is a name, but no data.yaml names the classes")
         return None
     path, names = found
-    wanted = face_class if face_class is not None else "face"
-    matches = [key for key, name in names.items() if name == wanted]
-    if matches:
-        return matches[0]
-    if face_class is None and len(names) == 1:
-        return next(iter(names))
-    raise DataError(f"{path}: no class named {wanted!r} among {sorted(names.values())}; set face_class")
+    return _face_label(names, face_class, path, "class")
 
 
 def read_yolo(
@@ -425,13 +431,7 @@ def _coco_face_category(categories: list[Any], face_class: str | int | None, pat
         if not isinstance(category, dict) or "id" not in category or "name" not in category:
             raise DataError(f"{path}: categories[{index}] needs 'id' and 'name'")
         names[category["id"]] = str(category["name"])
-    wanted = str(face_class) if face_class is not None else "face"
-    matches = [key for key, name in names.items() if name == wanted]
-    if matches:
-        return matches[0]
-    if face_class is None and len(names) == 1:
-        return next(iter(names))
-    raise DataError(f"{path}: no category named {wanted!r} among {sorted(names.values())}; set face_class")
+    return _face_label(names, None if face_class is None else str(face_class), path, "category")
 
 
 def read_coco(
