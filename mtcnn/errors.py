@@ -23,3 +23,7 @@ class ConfigError(MtcnnError):
 
 class DataError(MtcnnError):
     """An annotation file or prepared sample store is malformed."""
+
+
+class OutputError(MtcnnError):
+    """A file or folder could not be written: disk full, no permission, read-only, in the way."""

@@ -215,12 +215,8 @@ class Pipeline:
 
     def _train_step(self, stage: str) -> Callable[[], None]:
         def run() -> None:
-            import torch
-
             from mtcnn.train.run import run_training
 
-            if self.config.threads is not None:
-                torch.set_num_threads(self.config.threads)
             out = self.train_dir(stage)
             last = out / "last.pt"
             config = self._stage_config(
@@ -233,7 +229,8 @@ class Pipeline:
             )
             if not last.is_file() and out.exists():
                 shutil.rmtree(out)  # a run that stopped before its first checkpoint: nothing to keep
-            run_training(config, device=self.config.device, out_dir=out, resume=last if last.is_file() else None)
+            resume = last if last.is_file() else None
+            run_training(config, device=self.config.device, out_dir=out, resume=resume, threads=self.config.threads)
             export_weights(out / "best.pt", self.weights(stage))
 
         return run
@@ -272,6 +269,7 @@ class Pipeline:
             from mtcnn.eval.plots import plot_pr_curves
             from mtcnn.eval.wider import evaluate_wider
             from mtcnn.eval.wider_files import detect_wider, load_ground_truth
+            from mtcnn.model.weights import weights_fingerprint
 
             evaluation = self.config.evaluate
             ground_truth = load_ground_truth(evaluation.wider_ground_truth)
@@ -284,7 +282,8 @@ class Pipeline:
             detector = self._detector(STAGES, **settings)
             predictions_dir = self._predictions_dir(eval_setting)
             record = {
-                "weights": {stage: str(self.weights(stage).resolve()) for stage in STAGES},
+                # By content: predictions left by nets since retrained are refused, never mixed in.
+                "weights": weights_fingerprint({stage: self.weights(stage) for stage in STAGES}),
                 **{key: list(value) if isinstance(value, tuple) else value for key, value in settings.items()},
             }
             predictions = detect_wider(detector, ground_truth, evaluation.wider_images, predictions_dir, record)

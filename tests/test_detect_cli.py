@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from full_disk import fill_disk, leftovers, one_error_line
 
 from mtcnn import cli
 
@@ -174,3 +175,75 @@ def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_
     assert [(row.detector, row.min_face_size, row.batch_size) for row in rows] == [(name, 40, 1)]
     assert rows[0].faces == sum(len(faces) for faces in detector.detect(images)) > 0
     assert rows[0].images_per_second > 0
+
+
+def test_json_output_is_compact_a_line_per_face(photos, reference_weights, capsys):
+    family = photos / "party" / "family.jpg"
+    assert cli.main(["detect", str(family), str(photos / "dogs.jpg"), "--weights", str(reference_weights)]) == 0
+    text = capsys.readouterr().out
+    document = json.loads(text)
+    faces = document["images"][0]["faces"]
+    assert len(faces) == 7 and document["images"][1]["faces"] == []
+    face_lines = [line for line in text.splitlines() if '"box"' in line]
+    assert [json.JSONDecoder().raw_decode(line.strip())[0] for line in face_lines] == faces  # one face a line
+    assert len(text.splitlines()) == 2 + len(faces) + 2  # opening, image, faces, image, errors
+
+
+def test_a_full_disk_at_the_outputs_is_one_line_and_leaves_no_temporary(
+    photos, reference_weights, tmp_path, capsys, monkeypatch
+):
+    fill_disk(monkeypatch, ".json", ".jpg")
+    out, drawn = tmp_path / "out" / "faces.json", tmp_path / "drawn"
+    detect = ["detect", str(photos / "dogs.jpg"), "--weights", str(reference_weights)]
+    assert cli.main([*detect, "--output", str(out)]) == 2
+    assert one_error_line(capsys.readouterr().err) == f"error: {out}: cannot write (no space left on device)"
+    assert cli.main([*detect, "--save-images", str(drawn)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {drawn / 'dogs.jpg'}: cannot write (no space left on device)"
+    assert leftovers(tmp_path) == [] and not out.exists() and not (drawn / "dogs.jpg").exists()
+
+
+def test_bad_output_names_are_refused_before_the_detection(photos, reference_weights, tmp_path, capsys, monkeypatch):
+    def no_detection(args):
+        raise AssertionError("the detector was built before the outputs were checked")
+
+    monkeypatch.setattr(cli.detect, "detector_from_args", no_detection)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "taken.txt").write_text("a file")
+    for option, path, message in (
+        ("--output", tmp_path / "results", "results: is a folder; give a file name to write"),
+        ("--output", tmp_path / "taken.txt" / "faces.json", "taken.txt is a file, not a folder)"),
+        ("--save-images", tmp_path / "taken.txt", "taken.txt: is a file; give a folder to write into"),
+    ):
+        assert cli.main(["detect", str(photos / "dogs.jpg"), option, str(path)]) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert line.startswith(f"error: {tmp_path}") and line.endswith(message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "results", "taken.txt"]
+
+
+def test_missing_inputs_are_refused_without_writing_anything(reference_weights, tmp_path, capsys):
+    out = tmp_path / "faces.json"
+    missing = [str(tmp_path / "photos"), str(tmp_path / "*.jpg")]
+    assert cli.main(["detect", *missing, "--weights", str(reference_weights), "--output", str(out)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: no images found: no such file or folder: {' '.join(missing)}"
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_symlinked_subfolders_are_searched_each_real_folder_once(photos, tmp_path):
+    from mtcnn.detect.inputs import expand_image_arguments
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(photos / "dogs.jpg", elsewhere / "more.jpg")
+    (photos / "linked").symlink_to(elsewhere)
+    (photos / "linked-again").symlink_to(elsewhere)
+    (photos / "party" / "loop").symlink_to(photos)  # back up the tree: must not loop
+    (photos / "another-party").symlink_to(photos / "party")  # in the tree already, by its own path
+    found = [(str(path.relative_to(photos)), str(name)) for path, name in expand_image_arguments([photos])]
+    assert found == [
+        ("astronaut.png", "astronaut.png"),
+        ("dogs.jpg", "dogs.jpg"),
+        ("linked/more.jpg", "linked/more.jpg"),
+        ("party/family.jpg", "party/family.jpg"),
+    ]

@@ -370,3 +370,14 @@ def test_a_missing_init_weights_file_fails_before_the_stores_load(kit_store, tmp
     config = _config(kit_store, tmp_path, f"init_weights={tmp_path / 'nowhere.pt'}")
     with pytest.raises(MtcnnError, match=r"^train\.init_weights: .*nowhere\.pt: no such file$"):
         run_training(config, "cpu", show_progress=False)
+
+
+def test_an_init_weights_file_of_another_stage_fails_before_the_stores_load(kit_store, tmp_path, monkeypatch):
+    def no_store(*args, **kwargs):
+        raise AssertionError("the stores were opened before the weights file was checked")
+
+    monkeypatch.setattr("mtcnn.train.run.open_stage_store", no_store)
+    onet = packaged_weights_dir() / "onet.pt"
+    config = _config(kit_store, tmp_path, f"init_weights={onet}")
+    with pytest.raises(MtcnnError, match=r"^train\.init_weights: .*onet\.pt: holds O-Net weights, expected P-Net$"):
+        run_training(config, "cpu", show_progress=False)

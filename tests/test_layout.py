@@ -17,17 +17,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mtcnn"
 LAYERS = {
     "spec": 0,
     "errors": 0,
-    "atomic": 0,
-    "allocator": 0,
-    "config": 1,
-    "ops": 2,
-    "model": 3,
-    "detect": 4,
-    "data": 5,  # mining runs the detector over training images
-    "train": 6,
-    "eval": 6,
-    "pipeline": 7,
-    "cli": 8,
+    "atomic": 1,
+    "allocator": 1,
+    "config": 2,
+    "ops": 3,
+    "model": 4,
+    "detect": 5,
+    "data": 6,  # mining runs the detector over training images
+    "train": 7,
+    "eval": 7,
+    "pipeline": 8,
+    "cli": 9,
 }
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
+import random
+import re
 import stat
+import warnings
 
 import pytest
 import torch
@@ -12,7 +16,7 @@ import torch.nn.functional as F
 
 from mtcnn.config import TrainConfig
 from mtcnn.errors import WeightsError
-from mtcnn.model.checkpoint import atomic_save, load_checkpoint, make_checkpoint
+from mtcnn.model.checkpoint import atomic_save, load_checkpoint, load_file, make_checkpoint
 from mtcnn.model.nets import DROPOUT_HEADS, NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
 from mtcnn.model.weights import load_net, resolve_weight_files
 
@@ -182,7 +186,7 @@ def test_wrong_net_file_names_what_it_holds(reference_weights):
 def test_foreign_and_corrupt_files_are_clear_errors(tmp_path):
     garbage = tmp_path / "pnet.pt"
     garbage.write_bytes(b"not a torch file")
-    with pytest.raises(WeightsError, match="pnet.pt: not a readable PyTorch file"):
+    with pytest.raises(WeightsError, match="pnet.pt: not a PyTorch weights file"):
         load_net(garbage)
     foreign = tmp_path / "resnet.pt"
     torch.save({"fc.weight": torch.zeros(3, 3)}, foreign)
@@ -190,6 +194,76 @@ def test_foreign_and_corrupt_files_are_clear_errors(tmp_path):
         load_net(foreign)
     with pytest.raises(WeightsError, match="no such file"):
         load_net(tmp_path / "missing.pt")
+
+
+class Gadget:
+    """A Python object in a would-be weights file: unpickling it may run code, so it is refused."""
+
+    def __init__(self):
+        self.payload = "anything"
+
+
+def _write_random(path):
+    path.write_bytes(random.Random(0).randbytes(4096))
+
+
+def _write_empty(path):
+    path.write_bytes(b"")
+
+
+def _write_truncated(path):
+    atomic_save(make_checkpoint("pnet", build_net("pnet"), {"stage": "pnet"}), path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _write_object(path):
+    torch.save({"model": Gadget()}, path)
+
+
+def _write_object_old_format(path):
+    torch.save({"model": Gadget()}, path, _use_new_zipfile_serialization=False)
+
+
+def _write_whole_net(path):
+    torch.save(build_net("pnet"), path)  # the net object, not its state_dict
+
+
+def _write_plain_pickle(path):
+    path.write_bytes(pickle.dumps({"model": Gadget()}, protocol=4))
+
+
+def _write_folder(path):
+    path.mkdir()
+
+
+BAD_FILES = {
+    "random bytes": (_write_random, "not a PyTorch weights file"),
+    "empty": (_write_empty, "empty file"),
+    "truncated checkpoint": (_write_truncated, "truncated"),
+    "custom object": (_write_object, r"holds Python objects other than tensors \(.*Gadget\); refused for safety"),
+    "custom object, old format": (_write_object_old_format, "holds Python objects other than tensors"),
+    "whole net": (_write_whole_net, r"holds Python objects other than tensors \(mtcnn.model.nets.PNet\)"),
+    "plain pickle": (_write_plain_pickle, "not a PyTorch weights file"),
+    "folder": (_write_folder, "a folder, not a weights file"),
+    "missing": (lambda path: None, "no such file"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_FILES))
+@pytest.mark.parametrize("loader", [load_file, load_checkpoint, load_net], ids=lambda f: f.__name__)
+def test_unloadable_files_are_one_line_errors_without_unsafe_advice(kind, loader, tmp_path):
+    write, expected = BAD_FILES[kind]
+    path = tmp_path / "pnet.pt"
+    write(path)
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(WeightsError) as error:
+        warnings.simplefilter("always")
+        loader(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    assert re.search(expected, message), message
+    # PyTorch's own text advises weights_only=False (running the file's code) or filing an issue.
+    for text in [message, *(str(warning.message) for warning in caught)]:
+        assert "weights_only" not in text and "file an issue" not in text.lower()
 
 
 def test_mis_shaped_state_is_reported(reference_weights, tmp_path):

@@ -3,8 +3,10 @@ and a lost output is redone alone."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import yaml
 
 from mtcnn.detect.cascade import MTCNN
-from mtcnn.errors import ConfigError
+from mtcnn.errors import ConfigError, DataError
 from mtcnn.model.weights import load_net
 from mtcnn.pipeline import Pipeline, load_pipeline_config, run_pipeline
 
@@ -100,6 +102,45 @@ def test_pipeline_runs_every_step_then_resumes_without_redoing_work(pipeline_con
     timings = json.loads((run / "timings.json").read_text())
     assert timings["train rnet"] >= 1000.0
     assert timings["recall after rnet"] < 1000.0
+
+
+@pytest.mark.slow
+def test_wider_step_refuses_predictions_of_a_net_replaced_since(kit, reference_weights, tmp_path):
+    """The WIDER step's saved predictions record the nets by content: after a net is retrained
+    (another file under the same name) they are refused, not mixed with the new net's."""
+    from test_wider_eval import write_ground_truth
+
+    from mtcnn.eval.wider_files import DETECTOR_RECORD, load_ground_truth
+    from mtcnn.model.weights import packaged_weights_dir
+
+    ground_truth = load_ground_truth(kit / "widerface" / "eval_tools" / "ground_truth")
+    document = {
+        "run_dir": str(tmp_path / "run"),
+        "device": "cpu",
+        "evaluate": {
+            "wider_images": str(kit / "widerface" / "WIDER_val" / "images"),
+            "wider_ground_truth": str(write_ground_truth(tmp_path / "gt", ground_truth.images[:2])),
+            "landmark_list": None,
+            "wider_settings": [{"name": "quick", "min_face_size": 40}],
+        },
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(document))
+    pipeline = Pipeline(load_pipeline_config(path))
+    for stage in ("pnet", "rnet", "onet"):
+        pipeline.weights(stage).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(packaged_weights_dir() / f"{stage}.pt", pipeline.weights(stage))
+    (step,) = [step for step in pipeline.steps() if step.name == "WIDER AP (quick)"]
+    step.run()
+    saved = pipeline.root / "eval" / "wider-quick"
+    record = json.loads((saved / DETECTOR_RECORD).read_text())
+    assert record["weights"]["onet"]["sha256"] == hashlib.sha256(pipeline.weights("onet").read_bytes()).hexdigest()
+    # O-Net retrained (here: replaced by the original release's) and its report removed to have
+    # AP measured again: the predictions of the old O-Net must not be resumed.
+    shutil.copy(reference_weights / "onet.pt", pipeline.weights("onet"))
+    pipeline.report("wider-quick").unlink()
+    with pytest.raises(DataError, match=r"holds predictions of other onet weights: .*onet.pt is not the file"):
+        step.run()
 
 
 def test_pipeline_config_is_strict(tmp_path):

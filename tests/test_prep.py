@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -10,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from full_disk import leftovers, one_error_line
 
 from mtcnn.cli import main
 from mtcnn.config import StageConfig, build_config
@@ -447,3 +454,99 @@ def test_landmark_crops_may_cross_the_border_zero_padded_like_the_detector():
         # Points are inside the face, never on the zero padding, wherever the window fell.
         for x, y in targets.reshape(5, 2) * 48:
             assert crop[int(y), int(x)].min() > 0
+
+
+def _prep_arguments(kit: Path, tmp_path: Path, out: Path, workers: int, images: int) -> list[str]:
+    config_file = tmp_path / "pnet.yaml"
+    config_file.write_text(yaml.safe_dump({"stage": "pnet", "data": kit_data(kit)}))
+    settings = [f"prep.limit_images={images}", "prep.limit_landmark_faces=0", "prep.images_per_shard=1"]
+    return [
+        *("prep", "pnet", "--config", str(config_file), "--out", str(out), "--workers", str(workers)),
+        *(word for setting in settings for word in ("--set", setting)),
+    ]
+
+
+def test_a_full_disk_during_prep_is_one_line_and_leaves_no_temporary(kit: Path, tmp_path: Path, capsys, monkeypatch):
+    out = tmp_path / "store"
+    arguments = _prep_arguments(kit, tmp_path, out, workers=1, images=2)
+    real_save = np.save
+
+    def save_until_the_disk_fills(file, array, *args, **kwargs):
+        if ".00001." in str(getattr(file, "name", file)):  # the second shard's temporary folder
+            file.write(b"\x93NUMPY half an array")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(file, array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "save", save_until_the_disk_fills)
+    assert main(arguments) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"error: {out / 'shards' / '00001' / 'images.npy'}: cannot write (no space left on device)"
+    assert leftovers(out) == [] and [p.name for p in (out / "shards").iterdir()] == ["00000"]
+    # What a killed run leaves (a shard folder, the manifest's temporary) goes when the next starts.
+    monkeypatch.setattr(np, "save", real_save)
+    (out / "shards" / ".00001.12345.tmp").mkdir()
+    (out / f".manifest.{'0' * 32}.tmp.json").write_text('{"stage": ')
+    assert main(arguments) == 0
+    assert "1 were already done" in capsys.readouterr().out
+    assert leftovers(out) == [] and len(SampleStore.open(out).manifest["shards"]) == 2
+
+
+def _children(parent: int) -> list[int]:
+    """The process ids whose parent is ``parent``, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended meanwhile
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _is_pool_worker(pid: int) -> bool:
+    """Whether ``pid`` is a spawned multiprocessing worker (not the resource tracker)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is alive and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers in /proc")
+def test_workers_exit_when_prep_is_killed_outright(kit: Path, tmp_path: Path):
+    """kill -9 (or the OOM killer) of `mtcnn prep` alone must not leave its workers running."""
+    out = tmp_path / "store"
+    command = [sys.executable, "-m", "mtcnn", *_prep_arguments(kit, tmp_path, out, workers=2, images=400)]
+    prep = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while True:  # both workers started and shards being written: the workers are at work
+            workers = [pid for pid in _children(prep.pid) if _is_pool_worker(pid)]
+            if len(workers) == 2 and (out / "shards").is_dir() and any((out / "shards").iterdir()):
+                break
+            assert prep.poll() is None, "prep ended before its workers were seen at work"
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        prep.kill()
+        prep.wait()
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [pid for pid in workers if _running(pid)] == [], "workers outlived their killed parent"
+    finally:
+        if prep.poll() is None:
+            prep.kill()
+            prep.wait()
+        for pid in workers:  # only the workers this test started
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -3,7 +3,9 @@ hand-built cases with known answers, the official figures on the kit, and the co
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -411,6 +413,92 @@ def test_detect_wider_saves_resumes_and_refuses_other_settings(kit, tmp_path):
         detect_wider(detector, subset, images, save, {"min_face_size": 20}, progress=False)
     with pytest.raises(DataError, match="image listed in the ground truth not found"):
         detect_wider(detector, subset, tmp_path, None, progress=False)
+
+
+def _weights_record(onet_file: str, onet_digest: str) -> dict:
+    """A ``weights`` record as :func:`mtcnn.model.weights.weights_fingerprint` writes it."""
+    return {
+        "pnet": {"file": "/w/pnet.pt", "sha256": "p" * 64},
+        "rnet": {"file": "/w/rnet.pt", "sha256": "r" * 64},
+        "onet": {"file": onet_file, "sha256": onet_digest},
+    }
+
+
+def test_detect_wider_compares_weights_by_content_not_path(kit, tmp_path):
+    ground_truth = load_ground_truth(kit / "widerface" / "eval_tools" / "ground_truth")
+    subset = WiderGroundTruth(ground_truth.images[:2])
+    images = kit / "widerface" / "WIDER_val" / "images"
+    save = tmp_path / "pred"
+    detector = CountingDetector()
+    settings = {"weights": _weights_record("/w/onet.pt", "a" * 64), "min_face_size": 20}
+    detect_wider(detector, subset, images, save, settings, progress=False)
+    # The same content elsewhere is the same detector: the folder resumes, nothing runs again.
+    moved = {"weights": _weights_record("/elsewhere/onet.pt", "a" * 64), "min_face_size": 20}
+    detect_wider(detector, subset, images, save, moved, progress=False)
+    assert detector.seen == 2
+    # Another file under the same name is another detector.
+    replaced = {"weights": _weights_record("/w/onet.pt", "b" * 64), "min_face_size": 20}
+    with pytest.raises(DataError) as error:
+        detect_wider(detector, subset, images, save, replaced, progress=False)
+    assert str(error.value) == (
+        f"{save}: holds predictions of other onet weights: /w/onet.pt is not the file recorded in "
+        "detector.json (its content differs); use another folder or empty it"
+    )
+    # A record of paths only (as older versions wrote) cannot vouch for the files' content.
+    (save / DETECTOR_RECORD).write_text(
+        json.dumps({"weights": {stage: f"/w/{stage}.pt" for stage in ("pnet", "rnet", "onet")}, "min_face_size": 20})
+    )
+    with pytest.raises(DataError, match="without their content digest .* use another folder or empty it"):
+        detect_wider(detector, subset, images, save, settings, progress=False)
+    assert detector.seen == 2
+
+
+@pytest.mark.slow
+def test_cli_refuses_to_resume_with_a_weights_file_replaced_in_place(kit, reference_weights, tmp_path, capsys):
+    """Replacing onet.pt in the --weights folder and rerunning must not score a mix of two detectors."""
+    from mtcnn.model.weights import packaged_weights_dir
+
+    ground_truth = load_ground_truth(kit / "widerface" / "eval_tools" / "ground_truth")
+    gt_dir = write_ground_truth(tmp_path / "gt", ground_truth.images[:2])
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for stage in ("pnet", "rnet", "onet"):
+        shutil.copy(packaged_weights_dir() / f"{stage}.pt", weights)
+    save = tmp_path / "pred"
+
+    def run(*extra: str) -> int:
+        command = [
+            "eval",
+            "wider",
+            "--gt-dir",
+            str(gt_dir),
+            "--images",
+            str(kit / "widerface" / "WIDER_val" / "images"),
+        ]
+        return main([*command, "--device", "cpu", "--min-face-size", "40", "--save-predictions", str(save), *extra])
+
+    assert run("--weights", str(weights)) == 0
+    first = capsys.readouterr().out
+    record = json.loads((save / DETECTOR_RECORD).read_text())
+    assert record["weights"]["onet"] == {
+        "file": str((weights / "onet.pt").resolve()),
+        "sha256": hashlib.sha256((packaged_weights_dir() / "onet.pt").read_bytes()).hexdigest(),
+    }
+    files = {path: path.stat().st_mtime_ns for path in save.rglob("*.txt")}
+    assert len(files) == 2
+    # Another O-Net under the same name: refused, in one line naming the file.
+    shutil.copy(reference_weights / "onet.pt", weights / "onet.pt")
+    assert run("--weights", str(weights)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {save}: holds predictions of other onet weights: {(weights / 'onet.pt').resolve()} is not the "
+        "file recorded in detector.json (its content differs); use another folder or empty it"
+    )
+    assert {path: path.stat().st_mtime_ns for path in save.rglob("*.txt")} == files
+    # The shipped weights are fingerprinted too: the same content as the first run's, so the folder
+    # resumes untouched (the path does not count).
+    assert run() == 0
+    assert capsys.readouterr().out == first
+    assert {path: path.stat().st_mtime_ns for path in save.rglob("*.txt")} == files
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import sys
 
 from mtcnn import __version__
 from mtcnn.allocator import retain_freed_memory
+from mtcnn.atomic import os_error_message
 from mtcnn.cli import bench, detect, eval, export, pipeline, prep, train
 from mtcnn.cli.options import CommandParser
 from mtcnn.errors import MtcnnError
@@ -36,7 +37,11 @@ def _configure_logging(verbose: bool) -> None:
 
 
 def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse ``argv``, run the chosen command, and turn user errors into one line and a status."""
+    """Parse ``argv``, run the chosen command, and turn user errors into one line and a status.
+
+    An ``OSError`` (a file the system refused to read or write) is one line too, with the file and
+    the reason; ``--verbose`` logs its traceback.
+    """
     args = parser.parse_args(argv)
     _configure_logging(getattr(args, "verbose", False))
     retain_freed_memory()
@@ -44,6 +49,10 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         return args.run(args)
     except MtcnnError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write site that missed OutputError: still one line, not a traceback
+        log.debug("the error below came from here:", exc_info=True)
+        print(f"error: {os_error_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

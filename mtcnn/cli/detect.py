@@ -40,18 +40,23 @@ def add_parser(subparsers) -> None:
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    import json
-
     from tqdm import tqdm
 
-    from mtcnn.atomic import write_json_atomic
-    from mtcnn.detect.files import detect_files, output_image_path, results_to_json
+    from mtcnn.atomic import check_output_file, check_output_folder, write_text_atomic
+    from mtcnn.detect.files import detect_files, output_image_path, results_text, results_to_json
     from mtcnn.detect.inputs import expand_image_arguments
     from mtcnn.ops.draw import draw_faces, write_image
 
     found = expand_image_arguments(args.paths)
     if not found:
         raise MtcnnError("no images found in " + " ".join(args.paths))
+    if not any(path.exists() for path, _ in found):  # nothing to report on but "missing": say so, write nothing
+        raise MtcnnError("no images found: no such file or folder: " + " ".join(args.paths))
+    # Outputs are checked before the work, so that a bad name does not throw the detections away.
+    if args.output is not None:
+        check_output_file(args.output)
+    if args.save_images is not None:
+        check_output_folder(args.save_images)
     paths, names = [path for path, _ in found], dict(found)
     detector = detector_from_args(args)
     results = []
@@ -68,12 +73,11 @@ def _run_detect(args: argparse.Namespace) -> int:
     progress.close()
     document = results_to_json(results)
     if args.output is not None:
-        write_json_atomic(args.output, document)
+        write_text_atomic(args.output, results_text(document))
         faces = sum(len(image["faces"]) for image in document["images"])
         log.info("%d faces in %d images written to %s", faces, len(document["images"]), args.output)
     else:
-        json.dump(document, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        sys.stdout.write(results_text(document))
     failed = len(document["errors"])
     if failed:
         print(f"error: {failed} of {len(paths)} images could not be read", file=sys.stderr)

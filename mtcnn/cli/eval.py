@@ -16,11 +16,13 @@ log = logging.getLogger("mtcnn")
 
 
 def _detector_settings(args: argparse.Namespace) -> dict:
-    """What determines a detector's output, recorded beside saved predictions and in reports."""
-    from mtcnn.model.weights import resolve_weight_files
+    """What determines a detector's output, recorded beside saved predictions and in reports; the
+    weights by content (and path), so that a file replaced under the same name is not mistaken for
+    the one saved predictions were made with."""
+    from mtcnn.model.weights import resolve_weight_files, weights_fingerprint
 
     return {
-        "weights": {stage: str(path.resolve()) for stage, path in resolve_weight_files(args.weights).items()},
+        "weights": weights_fingerprint(resolve_weight_files(args.weights)),
         "min_face_size": args.min_face_size,
         "scale_factor": args.scale_factor,
         "thresholds": list(args.thresholds),
@@ -90,7 +92,7 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="DIR",
         help="write the detector's predictions here in the official format; a rerun with the "
-        "same settings resumes from the files already there",
+        "same settings and weights (compared by content) resumes from the files already there",
     )
     add_detector_options(wider)
     wider.add_argument(

@@ -28,7 +28,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="CKPT",
-        help="continue exactly from this checkpoint (last.pt of an earlier run)",
+        help="continue exactly from this checkpoint (last.pt of an earlier run; an earlier one, such as "
+        "best.pt, only into another --out-dir)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
     parser.add_argument(
@@ -44,8 +45,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="CPU threads for torch (default: torch's choice; on a CPU shared with other jobs "
-        "1 can be much faster than all cores)",
+        help="CPU threads for torch (default: torch's choice, or with --resume the count the run was "
+        "trained with; on a CPU shared with other jobs 1 can be much faster than all cores)",
     )
 
 
@@ -62,16 +63,12 @@ def add_parser(subparsers) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    import torch
-
     from mtcnn.train.run import load_train_config, run_training
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise MtcnnError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    if args.threads is not None and args.threads < 1:
+        raise MtcnnError(f"--threads must be at least 1, got {args.threads}")
     config = load_train_config(args.stage, args.config, args.overrides, args.resume)
-    result = run_training(config, device=args.device, out_dir=args.out_dir, resume=args.resume)
+    result = run_training(config, device=args.device, out_dir=args.out_dir, resume=args.resume, threads=args.threads)
     if result.best_value is not None and int(os.environ.get("RANK", "0")) == 0:  # torchrun: rank 0 reports
         log.info(
             "%s: %d epochs; best %s %.5g at epoch %d; checkpoints in %s",

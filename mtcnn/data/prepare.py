@@ -16,12 +16,16 @@ only once every shard is there.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -54,6 +58,7 @@ from mtcnn.data.store import (
 from mtcnn.detect.inputs import read_image
 from mtcnn.errors import DataError, ImageReadError, MtcnnError
 from mtcnn.model.checkpoint import software_versions
+from mtcnn.model.weights import file_digest
 from mtcnn.spec import INPUT_SIZES, LABEL_NAMES
 
 log = logging.getLogger(__name__)
@@ -184,14 +189,6 @@ def plan_shards(
     return tasks
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fingerprint(
     stage: str, config: StageConfig, sources: Mapping[str, Any], tasks: Sequence[ShardTask], weights: Mapping[str, str]
 ) -> str:
@@ -203,7 +200,7 @@ def fingerprint(
         "prep": to_dict(config.prep),
         "mining": to_dict(config.mining) if stage != "pnet" else None,
         "inputs": [[task.source, task.start, _task_digest(task)] for task in tasks],
-        "weights": {name: _file_digest(Path(path)) for name, path in sorted(weights.items())},
+        "weights": {name: file_digest(path) for name, path in sorted(weights.items())},
     }
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -241,10 +238,43 @@ def single_threaded() -> Iterator[None]:
         cv2.setNumThreads(cv2_threads)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
+    exit_with_parent(parent)
     retain_freed_memory()  # spawned workers do not inherit the parent's malloc settings
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+
+
+#: ``prctl`` option: the signal the kernel sends this process when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """End this (worker) process when process ``parent`` ends, however it ends.
+
+    A pool's workers otherwise outlive a parent that was killed outright (``kill -9``, the OOM
+    killer): each keeps its memory and goes on writing shards nobody collects. On Linux the kernel
+    kills the worker (``prctl(PR_SET_PDEATHSIG)``; strictly, when the parent's thread that started
+    it ends: the pool is made and awaited by one thread); elsewhere a daemon thread polls the parent
+    id. Either way, a parent that died before this was set up is caught by the id check.
+    """
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent:  # orphaned already (adopted by init or a subreaper)
+        os._exit(1)
+    if not armed:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(poll_seconds)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 _DETECTORS: dict[tuple, Any] = {}
@@ -436,7 +466,9 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
                 _DETECTORS.clear()  # do not keep the mining nets alive in the caller's process
             return
         context = multiprocessing.get_context("spawn")  # fork is unsafe once torch has started threads
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),)
+        )
         try:
             pending: set[Future] = {pool.submit(run_shard, job, task) for task in tasks}
             while pending:

@@ -23,14 +23,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from mtcnn.atomic import write_json_atomic
+from mtcnn.atomic import remove_stale_temporaries, reported_as_output_error, write_json_atomic
 from mtcnn.errors import DataError
 from mtcnn.spec import INPUT_SIZES, LABEL_NAMES, STAGES
 
@@ -114,7 +114,9 @@ def write_shard(
     ``landmarks float32 [n, 10]``; ``extras`` are further per-sample arrays ``[n, ...]`` by name
     (read back with :meth:`SampleStore.extra`). ``meta`` (JSON-able) is saved beside them, with the
     counts. Everything goes into a hidden temporary folder which is renamed to ``shards/<index>``
-    when every file is flushed; an existing shard of that index is replaced.
+    when every file is flushed; an existing shard of that index is replaced. A write the system
+    refuses (a full disk) removes the temporary folder and raises
+    :class:`~mtcnn.atomic.OutputError` naming the shard's file.
     """
     images = np.ascontiguousarray(images)
     labels = np.ascontiguousarray(labels)
@@ -127,18 +129,6 @@ def write_shard(
             raise ValueError(f"extra array name {name!r} is reserved or not an identifier")
         if array.ndim < 1 or array.shape[0] != count:
             raise DataError(f"shard {index}: extra array {name} has shape {list(array.shape)}, expected {count} rows")
-    shards = Path(store_dir) / SHARDS_DIR
-    shards.mkdir(parents=True, exist_ok=True)
-    final = shards / shard_name(index)
-    tmp = shards / f".{shard_name(index)}.{os.getpid()}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, array in [*zip(ARRAY_NAMES, (images, labels, boxes, landmarks)), *extras.items()]:
-        with open(tmp / f"{name}.npy", "wb") as handle:
-            np.save(handle, array)
-            handle.flush()
-            os.fsync(handle.fileno())
     shard_meta = {
         "index": index,
         "count": count,
@@ -146,11 +136,38 @@ def write_shard(
         "extras": sorted(extras),
         **dict(meta or {}),
     }
-    write_json_atomic(tmp / SHARD_META_NAME, shard_meta)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    meta_text = json.dumps(shard_meta, indent=1) + "\n"
+    shards = Path(store_dir) / SHARDS_DIR
+    final = shards / shard_name(index)
+    tmp = shards / f".{shard_name(index)}.{os.getpid()}.tmp"
+    with reported_as_output_error(final):
+        shards.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    try:
+        for name, array in [*zip(ARRAY_NAMES, (images, labels, boxes, landmarks)), *extras.items()]:
+            _write_synced(tmp, final, f"{name}.npy", lambda handle, array=array: np.save(handle, array))
+        _write_synced(tmp, final, SHARD_META_NAME, lambda handle: handle.write(meta_text.encode()))
+        with reported_as_output_error(final):
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except Exception:
+        # A failed write (a full disk) leaves no half shard taking up the space. An interrupt is
+        # left like a kill: the next preparation's remove_temporary_shards clears it.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
+
+
+def _write_synced(folder: Path, final: Path, name: str, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``folder/name`` with ``write(handle)`` and flush it to disk; an ``OSError`` becomes an
+    :class:`~mtcnn.atomic.OutputError` naming ``final/name``, where the file was meant to end up."""
+    with reported_as_output_error(final / name), open(folder / name, "wb") as handle:
+        write(handle)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def read_shard_meta(store_dir: str | Path, index: int) -> dict[str, Any] | None:
@@ -186,11 +203,13 @@ def complete_shard_meta(store_dir: str | Path, index: int) -> dict[str, Any] | N
 
 
 def remove_temporary_shards(store_dir: str | Path) -> None:
-    """Delete what interrupted shard writes left behind (hidden ``*.tmp`` folders)."""
+    """Delete what killed writes left behind: hidden ``*.tmp`` shard folders, and temporaries of
+    the atomic writer (an unfinished ``manifest.json``) in the store folder."""
     shards = Path(store_dir) / SHARDS_DIR
     if shards.is_dir():
         for leftover in shards.glob(".*.tmp"):
             shutil.rmtree(leftover, ignore_errors=True)
+    remove_stale_temporaries(store_dir)
 
 
 def finish_store(

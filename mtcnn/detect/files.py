@@ -5,6 +5,7 @@ Used by ``mtcnn detect``; a file that cannot be read is reported and skipped, th
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,26 @@ def results_to_json(results: list[ImageResult]) -> dict[str, Any]:
         ],
         "errors": [{"path": str(r.path), "error": r.error} for r in results if r.faces is None],
     }
+
+
+def results_text(document: dict[str, Any]) -> str:
+    """The ``mtcnn detect`` document as compact JSON text: a line per image and one per face.
+
+    ``json.dumps(indent=...)`` would put every coordinate on a line of its own, ~25 lines a face.
+    """
+    images = []
+    for image in document["images"]:
+        head = json.dumps({key: value for key, value in image.items() if key != "faces"})[:-1]
+        faces = ",\n".join(f"   {json.dumps(face)}" for face in image["faces"])
+        images.append(f'  {head}, "faces": [' + (f"\n{faces}" if faces else "") + "]}")
+    errors = [f"  {json.dumps(error)}" for error in document["errors"]]
+    return (
+        '{"images": ['
+        + ("\n" + ",\n".join(images) if images else "")
+        + '],\n "errors": ['
+        + ("\n" + ",\n".join(errors) if errors else "")
+        + "]}\n"
+    )
 
 
 def output_image_path(name: Path, out_dir: Path) -> Path:

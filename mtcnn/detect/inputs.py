@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,19 +90,43 @@ def _check_not_unit_range(pixels: torch.Tensor, name: str) -> None:
         )
 
 
+def _image_files(folder: Path) -> list[Path]:
+    """The image files below ``folder``, sorted, following symlinked subfolders but searching each
+    real folder once: by its own path when it lies in the tree, else by the first link to it."""
+    files: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    tops = [folder]
+    while tops:  # the tree without following links, then the linked folders found in it, and so on
+        links: list[Path] = []
+        for root, folders, names in os.walk(tops.pop(0)):
+            status = os.stat(root)
+            if (status.st_dev, status.st_ino) in seen:
+                folders.clear()  # searched already, by another path, or a link loops back up
+                continue
+            seen.add((status.st_dev, status.st_ino))
+            links.extend(Path(root, name) for name in folders if os.path.islink(os.path.join(root, name)))
+            files.extend(
+                Path(root, name)
+                for name in names
+                if Path(name).suffix.lower() in IMAGE_EXTENSIONS and Path(root, name).is_file()
+            )
+        tops.extend(sorted(links))
+    return sorted(files)
+
+
 def expand_image_arguments(entries: list[str | Path]) -> list[tuple[Path, Path]]:
     """Expand files, folders (recursively, image extensions only) and glob patterns, in order.
 
     Returns ``(path, name)`` pairs: ``name`` is the path below the folder it was found in (for a
-    folder argument) or the file name, for naming outputs. A pattern that matches nothing and a
-    path that does not exist are kept as given, so the caller reports them as missing files.
+    folder argument) or the file name, for naming outputs. Symlinked subfolders are searched too,
+    each real folder once (a link back up the tree does not loop). A pattern that matches nothing
+    and a path that does not exist are kept as given, so the caller reports them as missing files.
     """
     found: list[tuple[Path, Path]] = []
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            found.extend((file, file.relative_to(path)) for file in files)
+            found.extend((file, file.relative_to(path)) for file in _image_files(path))
         elif any(char in str(entry) for char in "*?[") and not path.exists():
             anchor = Path(path.anchor) if path.is_absolute() else Path(".")
             pattern = str(path.relative_to(path.anchor)) if path.is_absolute() else str(entry)

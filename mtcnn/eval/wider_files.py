@@ -284,7 +284,9 @@ def detect_wider(
     With ``save_dir``, each image's predictions are written there in the official format as soon
     as they are found, beside ``detector.json`` holding ``detector_settings``; a second run with
     the same settings reuses the files already there, so an interrupted evaluation resumes. A
-    folder written with other settings is an error rather than silently mixed.
+    folder written with other settings is an error rather than silently mixed. The settings'
+    ``weights`` entry, if any, is :func:`mtcnn.model.weights.weights_fingerprint`'s record and is
+    compared by content digest, so a weights file replaced under the same name is refused too.
     Unreadable images are reported in ``unreadable`` and scored as having no detections.
     """
     from tqdm import tqdm
@@ -336,8 +338,13 @@ def _check_detector_record(save_dir: Path, settings: Mapping[str, Any]) -> None:
             written = json.loads(record.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{record}: unreadable ({exc})") from None
-        if written != wanted:
-            changed = sorted(key for key in set(written) | set(wanted) if written.get(key) != wanted.get(key))
+        if not isinstance(written, dict):
+            raise DataError(f"{record}: not a detector record (expected a JSON object)")
+        _check_recorded_weights(save_dir, written.get("weights"), wanted.get("weights"))
+        changed = sorted(
+            key for key in set(written) | set(wanted) if key != "weights" and written.get(key) != wanted.get(key)
+        )
+        if changed:
             raise DataError(
                 f"{save_dir}: holds predictions of a detector with other settings "
                 f"({', '.join(changed)} differ, see {DETECTOR_RECORD}); use another folder or empty it"
@@ -349,3 +356,31 @@ def _check_detector_record(save_dir: Path, settings: Mapping[str, Any]) -> None:
                 "another detector; use an empty or new folder"
             )
         write_json_atomic(record, wanted)
+
+
+def _check_recorded_weights(save_dir: Path, written: Any, wanted: Any) -> None:
+    """Refuse a folder whose predictions came from other weights than ``wanted``.
+
+    Weights are recorded as :func:`mtcnn.model.weights.weights_fingerprint` gives them,
+    ``{stage: {"file": path, "sha256": digest}}``, and compared by digest alone: the same content
+    under another path is the same detector, a file replaced under the same path is not.
+    """
+    if written == wanted:
+        return
+    if not isinstance(written, dict) or not isinstance(wanted, dict) or set(written) != set(wanted):
+        raise DataError(
+            f"{save_dir}: holds predictions of a detector with other weights (see {DETECTOR_RECORD}); "
+            "use another folder or empty it"
+        )
+    for stage, entry in wanted.items():
+        old = written[stage]
+        if not isinstance(old, dict) or "sha256" not in old:
+            raise DataError(
+                f"{save_dir}: {DETECTOR_RECORD} names its weights without their content digest (an older "
+                "mtcnn wrote it), so its predictions cannot be matched to these weights; use another folder or empty it"
+            )
+        if old["sha256"] != entry.get("sha256"):
+            raise DataError(
+                f"{save_dir}: holds predictions of other {stage} weights: {entry.get('file')} is not the file "
+                f"recorded in {DETECTOR_RECORD} (its content differs); use another folder or empty it"
+            )

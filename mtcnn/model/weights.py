@@ -13,6 +13,7 @@ Two formats are recognised by their content, not their name:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from mtcnn.errors import WeightsError
-from mtcnn.model.checkpoint import is_checkpoint, load_checkpoint, load_file
+from mtcnn.model.checkpoint import check_checkpoint, is_checkpoint, load_file
 from mtcnn.model.nets import build_net
 from mtcnn.spec import STAGE_NAMES, STAGES
 
@@ -102,7 +103,7 @@ def load_net(path: str | Path, stage: str | None = None) -> nn.Module:
     path = Path(path)
     obj = load_file(path)
     if is_checkpoint(obj):
-        checkpoint = load_checkpoint(path)
+        checkpoint = check_checkpoint(obj, path)
         found, state, allowed_missing = checkpoint["stage"], checkpoint["model"], ()
     elif isinstance(obj, Mapping) and all(isinstance(value, torch.Tensor) for value in obj.values()):
         found = _original_stage(obj)
@@ -119,6 +120,28 @@ def load_net(path: str | Path, stage: str | None = None) -> nn.Module:
     # released weights' thresholds were set with it, so the cascade keeps it for them.
     net.original_window_mapping = not is_checkpoint(obj)
     return net.eval()
+
+
+def file_digest(path: str | Path) -> str:
+    """The SHA-256 of a file's content (hex): what identifies a weights file in records, so that a
+    file replaced under the same name is told apart from the one it replaced."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_fingerprint(files: Mapping[str, str | Path]) -> dict[str, dict[str, str]]:
+    """``{stage: {"file": absolute path, "sha256": content digest}}`` for the weights a detector
+    loads, as recorded beside its saved predictions: the digest decides whether two detectors are
+    the same, the path only tells a reader where the file was."""
+    try:
+        return {
+            stage: {"file": str(Path(path).resolve()), "sha256": file_digest(path)} for stage, path in files.items()
+        }
+    except OSError as exc:
+        raise WeightsError(f"{exc.filename}: cannot read ({exc.strerror or type(exc).__name__})") from None
 
 
 def packaged_weights_dir() -> Path:

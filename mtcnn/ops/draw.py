@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from mtcnn.atomic import atomic_path
+from mtcnn.errors import OutputError
 
 #: RGB colours of the five landmark points: left eye, right eye, nose, left and right mouth corner.
 POINT_COLOURS = ((255, 64, 64), (64, 160, 255), (255, 220, 0), (255, 64, 255), (0, 230, 230))
@@ -79,7 +80,19 @@ def tile_images(tiles: list[np.ndarray], columns: int, gap: int = 2) -> np.ndarr
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an RGB ``uint8`` image with OpenCV (format from the extension), atomically."""
+    """Write an RGB ``uint8`` image with OpenCV (format from the extension), atomically.
+
+    Raises :class:`~mtcnn.atomic.OutputError` naming ``path`` for an extension OpenCV cannot
+    write and for a write the system refuses (a full disk).
+    """
+    path = Path(path)
+    # Encoded in memory and written by Python, not cv2.imwrite: a refused write then raises OSError
+    # with its reason (imwrite only returns False), which atomic_path reports in one line.
+    try:
+        encoded, data = cv2.imencode(path.suffix, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    except cv2.error:
+        encoded = False
+    if not encoded:
+        raise OutputError(f"{path}: cannot write an image of type {path.suffix or '(no extension)'}")
     with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"{path}: could not write image")
+        tmp.write_bytes(data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,6 +25,15 @@ class DistributedContext:
     @property
     def active(self) -> bool:
         return self.world_size > 1
+
+    def gather(self, obj: Any) -> list[Any]:
+        """``obj`` of every rank, in rank order (``[obj]`` outside a job). Under one, every rank
+        must call it: it is a collective."""
+        if not self.active:
+            return [obj]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
+        return gathered
 
 
 def init_distributed(device: torch.device) -> DistributedContext:

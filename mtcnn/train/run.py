@@ -1,6 +1,7 @@
 """A training run from a stage config: the config as the commands load it (``--set`` overrides,
-or the one saved in a checkpoint), the stores opened and checked, the run folder guarded, and
-:class:`~mtcnn.train.trainer.Trainer` started or resumed."""
+or the one saved in a checkpoint), the stores opened and checked, the run folder guarded (a new
+run never writes over an old one, a resume never over later work), and
+:class:`~mtcnn.train.trainer.Trainer` started or resumed with the torch thread count it ran with."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from mtcnn.atomic import remove_stale_temporaries
 from mtcnn.config import DEFAULT_TASK_WEIGHTS, StageConfig, build_config, load_config, to_dict, write_config
 from mtcnn.data.store import SampleStore
-from mtcnn.errors import ConfigError, DataError, MtcnnError
+from mtcnn.errors import ConfigError, DataError, MtcnnError, WeightsError
 from mtcnn.model.checkpoint import load_checkpoint, training_state
 from mtcnn.model.device import resolve_device
 from mtcnn.model.nets import build_net
@@ -27,6 +29,10 @@ log = logging.getLogger(__name__)
 
 #: The resolved config a run folder keeps beside its checkpoints.
 CONFIG_NAME = "config.yaml"
+
+
+class RunFolderError(MtcnnError):
+    """The run folder holds work that this run would overwrite."""
 
 
 def train_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -85,6 +91,55 @@ def open_stage_store(path: Path, stage: str, what: str) -> SampleStore:
     return store
 
 
+def check_no_later_work(resume: Path, checkpoint: dict, run_dir: Path) -> None:
+    """Refuse to resume from ``resume`` into ``run_dir`` when the folder's ``last.pt`` is another
+    checkpoint, of a later epoch (or unreadable): the resumed run would overwrite it and the
+    history of the epochs after ``resume`` (``--resume best.pt`` into its own folder)."""
+    last = run_dir / LAST_CHECKPOINT
+    if not last.exists() or last.samefile(resume):
+        return
+    epoch = int(checkpoint["training"]["epoch"])
+    try:
+        later = load_checkpoint(last).get("training", {}).get("epoch")
+    except WeightsError:
+        later = None
+    if isinstance(later, int) and later <= epoch:
+        return
+    state = f"is at epoch {later}" if isinstance(later, int) else "is another checkpoint, not readable"
+    raise RunFolderError(
+        f"{resume} is from epoch {epoch}, but {last} {state}: resuming into {run_dir} would overwrite it "
+        f"and the history after epoch {epoch}; resume from {last}, or pass --out-dir to branch off into another folder"
+    )
+
+
+def use_threads(threads: int | None, checkpoint: dict | None, resume: Path | None, announce: bool = True) -> None:
+    """Set torch's CPU thread count: ``threads``, or when resuming without it the count the
+    checkpoint was trained with (CPU results depend on it to the last bit), saying so when
+    ``announce``. Checkpoints written before the count was recorded leave torch's choice."""
+    saved = checkpoint["training"].get("threads") if checkpoint is not None else None
+    if threads is not None:
+        if threads < 1:
+            raise MtcnnError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+        if saved is not None and saved != threads and announce:
+            log.warning(
+                "%s was trained with %d torch threads, this run uses %d: it may differ from an unbroken run "
+                "in the last bits",
+                resume,
+                saved,
+                threads,
+            )
+    elif saved is not None:
+        torch.set_num_threads(int(saved))
+        if announce:
+            log.info(
+                "resuming with %d torch thread%s, the count %s was trained with (--threads sets another)",
+                saved,
+                "" if saved == 1 else "s",
+                resume,
+            )
+
+
 def resolve_config(config: StageConfig, out_dir: Path | None) -> StageConfig:
     """``config`` with every default that depends on the stage written out (store paths, run
     folder, task weights), as it goes into the run folder and the checkpoints."""
@@ -108,11 +163,15 @@ def run_training(
     out_dir: Path | None = None,
     resume: Path | None = None,
     show_progress: bool = True,
+    threads: int | None = None,
 ) -> TrainResult:
     """Train ``config.stage``'s net as ``config.train`` says; the console scripts call this.
 
     ``out_dir`` overrides ``train.out_dir`` (when resuming, the default is the checkpoint's
-    folder). ``resume`` continues from a ``last.pt``/``best.pt`` of an earlier run, exactly.
+    folder). ``resume`` continues from a ``last.pt``/``best.pt`` of an earlier run, exactly: with
+    the checkpoint's random state and, unless ``threads`` is given, its torch thread count. A
+    resume into a folder whose ``last.pt`` is later than ``resume`` is refused.
+    ``threads`` sets torch's CPU thread count (None: torch's choice, or the checkpoint's).
     Raises :class:`MtcnnError` subclasses for bad stores, checkpoints or a diverging loss.
     """
     try:
@@ -141,17 +200,25 @@ def run_training(
                 "a resumed run keeps its optimizer (start a new run from these weights with "
                 f"--set train.init_weights={resume})"
             )
+        check_no_later_work(Path(resume), checkpoint, run_dir)
     elif (run_dir / LAST_CHECKPOINT).exists():
-        raise MtcnnError(
+        raise RunFolderError(
             f"{run_dir} already holds a run; continue it with --resume {run_dir / LAST_CHECKPOINT} "
             "or choose another --out-dir"
         )
 
-    init_file = None
+    use_threads(threads, checkpoint, resume, announce=distributed.is_main)
+
+    init_state = None
     if train.init_weights is not None and checkpoint is None:
+        # read and checked (file, format, stage) before the stores load, which can take minutes
         init_file = stage_weights_file(train.init_weights, config.stage)
-        if not init_file.is_file():  # checked before the stores load, which can take minutes
+        if not init_file.is_file():
             raise MtcnnError(f"train.init_weights: {init_file}: no such file")
+        try:
+            init_state = load_net(init_file, config.stage).state_dict()
+        except WeightsError as exc:
+            raise WeightsError(f"train.init_weights: {exc}") from None
 
     train_path, val_path = Path(train.train_store), Path(train.val_store)
     train_store = open_stage_store(train_path, config.stage, "training")
@@ -175,9 +242,10 @@ def run_training(
 
     torch.manual_seed(train.seed)
     net = build_net(config.stage, train.dropout, train.dropout_heads)
-    if init_file is not None:
-        net.load_state_dict(load_net(init_file, config.stage).state_dict())
+    if init_state is not None:
+        net.load_state_dict(init_state)
     if distributed.is_main:
+        remove_stale_temporaries(run_dir)  # checkpoints a kill left half-written
         write_config(config, run_dir / CONFIG_NAME)
     trainer = Trainer(
         config.stage, net, train, train_data, val_data, target, run_dir, to_dict(config), distributed, show_progress

@@ -7,9 +7,10 @@ rather than files. Per epoch it trains on batches planned by :class:`~mtcnn.trai
 (atomically), logs to TensorBoard (:mod:`~mtcnn.train.tensorboard`, with the validation
 picture of :mod:`~mtcnn.train.previews`), and stops early when asked. A non-finite
 loss stops the run before anything is saved, naming the step and the loss parts, so the last
-checkpoint on disk is the last good one. Under ``torchrun`` the net is wrapped in
-DistributedDataParallel; every rank validates on its own (the same numbers, without
-communication) and rank 0 alone logs and saves.
+checkpoint on disk is the last good one. A checkpoint carries the random state too (dropout draws
+from torch's global generators), so a resumed run repeats an unbroken one exactly. Under
+``torchrun`` the net is wrapped in DistributedDataParallel; every rank validates on its own (the
+same numbers, without communication) and rank 0 alone logs and saves.
 """
 
 from __future__ import annotations
@@ -47,6 +48,27 @@ LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 #: Columns of the per-step statistics kept on the device between two log points.
 _STEP_COLUMNS = ("loss", *LOSS_PARTS, "kept", "candidates", "correct", "samples")
+
+
+def random_state(device: torch.device) -> dict[str, Any]:
+    """The global generators training draws from (dropout), as tensors a checkpoint can hold:
+    ``{"device": device kind, "cpu": torch's CPU generator state}`` plus ``"cuda"`` (the state of
+    ``device``'s generator) when training on a GPU, or ``"mps"``."""
+    state: dict[str, Any] = {"device": device.type, "cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
+    return state
+
+
+def restore_random_state(state: dict[str, Any], device: torch.device) -> None:
+    """Set the generators :func:`random_state` read (on the same kind of ``device``)."""
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    elif device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
 
 
 class NonFiniteLossError(MtcnnError):
@@ -141,8 +163,18 @@ class Trainer:
     # -------------------------------------------------------------------------- state
 
     def state_dict(self) -> dict[str, Any]:
-        """The ``training`` entry of a checkpoint (see :mod:`mtcnn.model.checkpoint`)."""
+        """The ``training`` entry of a checkpoint (see :mod:`mtcnn.model.checkpoint`).
+
+        Besides :data:`~mtcnn.model.checkpoint.TRAINING_KEYS` it holds ``random``, one
+        :func:`random_state` per rank (gathered from every rank, so every rank must call this),
+        and ``threads``, the torch thread count, on which CPU results depend to the last bit.
+        The batch planner and the augmenter need nothing saved: they derive their generators
+        from ``(seed, epoch, rank)`` at the start of each epoch, and checkpoints fall between
+        epochs. NumPy's and Python's global generators are not used in training.
+        """
         return {
+            "random": self.distributed.gather(random_state(self.device)),
+            "threads": torch.get_num_threads(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -178,13 +210,37 @@ class Trainer:
                 self.config.best_metric,
             )
         self.history = [dict(entry) for entry in state["history"]]
+        self._restore_random_state(state.get("random"), path)
+
+    def _restore_random_state(self, saved: list[dict[str, Any]] | None, path: str | Path) -> None:
+        """Continue the random streams of the run that wrote ``saved`` (this rank's entry), or
+        warn that they start afresh: an older checkpoint, another process count or device kind."""
+        world, rank = self.distributed.world_size, self.distributed.rank
+        if saved is None:
+            problem = "an older checkpoint without random state"
+        elif len(saved) != world:
+            problem = f"written by {len(saved)} processes, resumed by {world}"
+        elif saved[rank].get("device") != self.device.type:
+            torch.set_rng_state(saved[rank]["cpu"])
+            problem = f"written on {saved[rank].get('device')}, resumed on {self.device.type}"
+        else:
+            restore_random_state(saved[rank], self.device)
+            return
+        if self.distributed.is_main:
+            log.warning(
+                "%s: %s; the random state starts afresh, so dropout draws differ from an unbroken run", path, problem
+            )
 
     def save(self, name: str) -> Path | None:
-        """Write checkpoint ``name`` into the run folder (rank 0 only), atomically."""
-        if self.out_dir is None or not self.distributed.is_main:
+        """Write checkpoint ``name`` into the run folder (rank 0 only), atomically. Under DDP every
+        rank must call it: the checkpoint gathers every rank's random state."""
+        if self.out_dir is None:
+            return None
+        training = self.state_dict()
+        if not self.distributed.is_main:
             return None
         path = self.out_dir / name
-        atomic_save(make_checkpoint(self.stage, self.net, self.run_config, training=self.state_dict()), path)
+        atomic_save(make_checkpoint(self.stage, self.net, self.run_config, training=training), path)
         return path
 
     # -------------------------------------------------------------------------- training
