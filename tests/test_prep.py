@@ -550,3 +550,25 @@ def test_workers_exit_when_prep_is_killed_outright(kit: Path, tmp_path: Path):
         for pid in workers:  # only the workers this test started
             if _running(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_wider_faces_wholly_outside_the_decoded_image_are_reported_and_left_out(kit: Path, tmp_path: Path):
+    image = read_wider(
+        kit / "widerface" / "wider_face_split" / "wider_face_train_bbx_gt.txt",
+        kit / "widerface" / "WIDER_train" / "images",
+    )[3]
+    faces = [f"{b[0]:g} {b[1]:g} {b[2] - b[0]:g} {b[3] - b[1]:g} 0 0 0 0 0 0" for b in image.boxes]
+    plain, with_outside = tmp_path / "plain.txt", tmp_path / "outside.txt"
+    plain.write_text("\n".join([image.name, str(len(faces)), *faces]) + "\n")
+    # 1e30 is finite: only the decoded image's size shows this face is not on it
+    with_outside.write_text("\n".join([image.name, str(len(faces) + 1), *faces, "1e30 5 20 20 0 0 0 0 0 0"]) + "\n")
+    images_dir = kit / "widerface" / "WIDER_train" / "images"
+    stores = {}
+    for name, gt_file in (("plain", plain), ("outside", with_outside)):
+        train = {"faces": [wider_source(images_dir, gt_file)], "landmarks": []}
+        stores[name] = prepare("pnet", kit_config(kit, train=train), tmp_path / name).manifest
+    problems = stores["outside"]["annotation_problems"]
+    assert problems["count"] == 1
+    assert problems["messages"][0].startswith(f"{with_outside}:1: face {len(faces) + 1} of {image.name!r}")
+    assert "wholly outside the" in problems["messages"][0]
+    assert stores["outside"]["counts"] == stores["plain"]["counts"]  # as if the line were not there

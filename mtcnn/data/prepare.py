@@ -42,7 +42,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtcnn.allocator import retain_freed_memory
 from mtcnn.config import StageConfig, to_dict
-from mtcnn.data.readers import LandmarkFace, WiderImage, points_outside, read_face_source, read_landmark_source
+from mtcnn.data.readers import (
+    LandmarkFace,
+    WiderImage,
+    faces_inside,
+    points_outside,
+    read_face_source,
+    read_landmark_source,
+)
 from mtcnn.data.samples import Samples, face_crops, landmark_crops
 from mtcnn.data.store import (
     FORMAT_VERSION,
@@ -304,15 +311,19 @@ def _rng(seed: int, source: int, index: int) -> np.random.Generator:
 
 
 def _wider_samples(
-    job: PrepJob, task: ShardTask, skipped: list[str], meta: dict[str, Any]
+    job: PrepJob, task: ShardTask, skipped: list[str], problems: list[str], meta: dict[str, Any]
 ) -> list[tuple[int, Samples]]:
     prep = job.config.prep
     images = [_read(item.path, skipped) for item in task.items]
     present = [i for i, image in enumerate(images) if image is not None]
+    items = list(task.items)
+    for i in present:
+        items[i], outside = faces_inside(items[i], *images[i].shape[:2])
+        problems.extend(outside)
     results: list[tuple[int, Samples]] = []
     if job.stage == "pnet":
         for i in present:
-            item, index = task.items[i], task.start + i
+            item, index = items[i], task.start + i
             samples = face_crops(
                 images[i], item.boxes, item.invalid, _rng(prep.seed, SOURCE_FACES, index), prep, job.size
             )
@@ -326,7 +337,7 @@ def _wider_samples(
         index = task.start + i
         samples, image_recall = mine_image(
             images[i],
-            task.items[i],
+            items[i],
             image_windows,
             _rng(prep.seed, SOURCE_FACES, index),
             prep,
@@ -372,7 +383,7 @@ def run_shard(job: PrepJob, task: ShardTask) -> dict[str, Any]:
         "digest": _task_digest(task),
     }
     if task.source == SOURCE_FACES:
-        results = _wider_samples(job, task, skipped, meta)
+        results = _wider_samples(job, task, skipped, problems, meta)
     else:
         results = _landmark_samples(job, task, skipped, problems)
     samples = Samples.concat([samples for _, samples in results], job.size)

@@ -35,6 +35,7 @@ the smaller x in a frontal face).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -597,6 +598,24 @@ def read_celeba(
         image_id = min(extra, key=lambda key: points[key][0])
         raise DataError(f"{landmarks_file}:{points[image_id][0]}: image {image_id!r} has no box in {bbox_file}")
     return faces
+
+
+def faces_inside(image: WiderImage, height: int, width: int) -> tuple[WiderImage, list[str]]:
+    """``image`` without the faces whose box lies wholly outside the decoded ``height`` x ``width``
+    image (checked once it is decoded: annotation files do not give image sizes), and a message
+    naming the file and line for each face left out."""
+    x1, y1, x2, y2 = image.boxes.T
+    outside = (x2 <= 0) | (y2 <= 0) | (x1 >= width) | (y1 >= height)
+    if not outside.any():
+        return image, []
+    messages = [
+        f"{image.source}:{image.line}: face {k + 1} of {image.name!r} ({' '.join(f'{v:g}' for v in image.boxes[k])}) "
+        f"lies wholly outside the {width}x{height} image; left out"
+        for k in np.flatnonzero(outside)
+    ]
+    keep = ~outside
+    per_face = ("boxes", "invalid", "blur", "expression", "illumination", "occlusion", "pose")
+    return dataclasses.replace(image, **{name: getattr(image, name)[keep] for name in per_face}), messages
 
 
 def points_outside(face: LandmarkFace, height: int, width: int) -> str | None:
