@@ -421,10 +421,16 @@ class MTCNN:
         for start in range(0, windows.shape[0], self.crop_budget):
             chunk_windows = windows[start : start + self.crop_budget]
             chunk_index = image_index[start : start + self.crop_budget]
+            images = torch.unique(chunk_index).tolist()
+            if len(images) == 1:
+                # All from one image (always so when detecting one image at a time): the crops as
+                # they come, already in channels-last order, without a copy into a shared batch.
+                yield crop_and_resize(pixels[images[0]], chunk_windows, size, integrals[images[0]])
+                continue
             crops = torch.empty(
                 (chunk_windows.shape[0], 3, size, size), device=self.device, memory_format=torch.channels_last
             )
-            for image in torch.unique(chunk_index).tolist():
+            for image in images:
                 members = torch.nonzero(chunk_index == image).squeeze(1)
                 crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size, integrals[image])
             yield crops
