@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtcnn.allocator import retain_freed_memory_once
 from mtcnn.detect.inputs import ImageInput, to_pixel_tensor
 from mtcnn.model.device import resolve_device
 from mtcnn.model.nets import MirrorAveraged
@@ -158,6 +159,11 @@ class MTCNN:
         self.thresholds = tuple(_check_probability("threshold", t) for t in thresholds)
         self.nms_thresholds = tuple(_check_probability("NMS threshold", t) for t in nms_thresholds)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            # What every command does at start, here so that Python callers need not remember it: on
+            # glibc, freed activation blocks stay in the heap instead of being unmapped and faulted
+            # in again on every call (2.7 to 3.7 times faster detection; the user's MALLOC_* win).
+            retain_freed_memory_once()
         self.batch_size = int(batch_size)
         self.mirror_onet = bool(mirror_onet)
         self.landmark_scales = tuple(float(scale) for scale in landmark_scales)
