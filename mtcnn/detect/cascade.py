@@ -313,14 +313,23 @@ class MTCNN:
         pixels ``[M, 4]``, their scores and image indices, and their box offsets ``[M, 4]``."""
         sizes = [scaled_size(pixels[i].shape[1], pixels[i].shape[2], scale) for i in batch]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        scaled = torch.empty((len(batch), 3, height, width), device=self.device, memory_format=torch.channels_last)
-        scaled.zero_()
-        for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
+
+        def level(index: int, h: int, w: int) -> torch.Tensor:
             # Same pixels either way; the table is cheaper below half size (its cost follows the output).
             if scale < 0.5:
-                scaled[slot, :, :h, :w] = resize_from_integral(integrals[index], h, w)
-            else:
-                scaled[slot, :, :h, :w] = F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
+                return resize_from_integral(integrals[index], h, w)
+            return F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
+
+        if len(batch) == 1:
+            # One image (always so when detecting one at a time): the level as it comes, without
+            # zeroing and copying into a padded batch; channels-last as the nets are.
+            scaled = level(batch[0], *sizes[0])[None].contiguous(memory_format=torch.channels_last)
+        else:
+            scaled = torch.empty(
+                (len(batch), 3, height, width), device=self.device, memory_format=torch.channels_last
+            ).zero_()
+            for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
+                scaled[slot, :, :h, :w] = level(index, h, w)
         logits, offsets = pnet.forward_detect(scaled)
         probability = torch.softmax(logits, dim=1)[:, 1]  # [B, rows, cols]
         rows = torch.arange(probability.shape[1], device=self.device)
