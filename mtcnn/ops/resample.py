@@ -50,13 +50,15 @@ def integral_image(image: torch.Tensor) -> torch.Tensor:
     """
     if image.device.type != "cpu":
         return integral_image_torch(image)
-    hwc = image.permute(1, 2, 0)
-    if hwc.shape[0] * hwc.shape[1] * 255 < 2**31:
-        as_bytes = hwc.to(torch.uint8)
-        if torch.equal(as_bytes.to(hwc.dtype), hwc):
-            table = cv2.integral(np.ascontiguousarray(as_bytes.numpy()), sdepth=cv2.CV_32S)
-            return torch.from_numpy(table.reshape(hwc.shape[0] + 1, hwc.shape[1] + 1, hwc.shape[2]))
-    pixels = np.ascontiguousarray(hwc.to(torch.float32).numpy())
+    pixels = np.ascontiguousarray(image.permute(1, 2, 0).to(torch.float32).numpy())
+    if pixels.shape[0] * pixels.shape[1] * 255 < 2**31:
+        # NumPy's cast and comparison: about half the time of torch's here. NaN, infinities and
+        # values off [0, 255] (which the cast garbles; its warning is silenced) fail the comparison.
+        with np.errstate(invalid="ignore"):
+            as_bytes = pixels.astype(np.uint8)
+        if np.array_equal(as_bytes, pixels):
+            table = cv2.integral(as_bytes, sdepth=cv2.CV_32S)
+            return torch.from_numpy(table.reshape(pixels.shape[0] + 1, pixels.shape[1] + 1, pixels.shape[2]))
     table = cv2.integral(pixels, sdepth=cv2.CV_64F)
     return torch.from_numpy(table.reshape(pixels.shape[0] + 1, pixels.shape[1] + 1, pixels.shape[2]))
 
