@@ -10,9 +10,11 @@ against 1,145 with the blocks kept). Raising both thresholds keeps freed blocks 
 where the next step reuses them. The cost is memory: the process keeps its peak heap instead of
 returning it between steps.
 
-The console commands call :func:`retain_freed_memory` once at start; Python code that trains or
-detects on the CPU can call it too. Settings of the user's own (the ``MALLOC_MMAP_THRESHOLD_``,
-``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES`` environment variables) are left alone.
+The console commands call :func:`retain_freed_memory` once at start, and :class:`mtcnn.MTCNN` calls
+:func:`retain_freed_memory_once` when it is built for the CPU, so that detection from Python is as
+fast with no call to remember; Python code that trains on the CPU can call it too. Settings of the
+user's own (the ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or ``GLIBC_TUNABLES``
+environment variables) are left alone.
 """
 
 from __future__ import annotations
@@ -57,6 +59,19 @@ def retain_freed_memory(threshold_bytes: int = DEFAULT_THRESHOLD_BYTES) -> bool:
     applied = bool(mallopt(M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(M_TRIM_THRESHOLD, threshold_bytes))
     log.debug("malloc mmap and trim thresholds %s %d bytes", "set to" if applied else "not set to", threshold_bytes)
     return applied
+
+
+_first_result: bool | None = None
+
+
+def retain_freed_memory_once() -> bool:
+    """:func:`retain_freed_memory` with its default threshold, the first time it is called in this
+    process; later calls change nothing and return the first call's result, so that thresholds a
+    program sets with ``mallopt`` after building a detector stay as it set them."""
+    global _first_result
+    if _first_result is None:
+        _first_result = retain_freed_memory()
+    return _first_result
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:

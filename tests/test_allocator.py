@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,11 +46,23 @@ print(applied, in_heap, kept)
 """
 
 
-def _probe(mode: str, **env: str) -> list[str]:
+# The same malloc probe after building a detector for the CPU, with no call of the user's;
+# ``applied`` is the detector's call's result, which retain_freed_memory_once returns from then on.
+DETECTOR_PROBE = """
+import ctypes, sys
+import mtcnn.allocator as allocator
+from mtcnn import MTCNN
+
+MTCNN(device="cpu")
+applied = allocator.retain_freed_memory_once()
+""" + PROBE[PROBE.index("libc = ctypes") :]
+
+
+def _probe(mode: str, script: str = PROBE, **env: str) -> list[str]:
     environment = {key: value for key, value in os.environ.items() if key not in allocator.USER_MALLOC_SETTINGS}
     environment.update(env)
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, mode, allocator.__file__],
+        [sys.executable, "-c", script, mode, allocator.__file__],
         capture_output=True,
         text=True,
         env=environment,
@@ -72,6 +85,16 @@ def test_without_the_call_a_large_block_is_mapped_on_its_own():
 @needs_glibc
 def test_the_users_own_malloc_settings_win():
     applied, in_heap, _ = _probe("retain", MALLOC_MMAP_THRESHOLD_="131072")
+    assert (applied, in_heap) == ("False", "False")
+
+
+@needs_glibc
+def test_a_detector_on_the_cpu_sets_the_thresholds_itself():
+    # The probe imports the package from this checkout.
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    assert _probe("detector", DETECTOR_PROBE, PYTHONPATH=path) == ["True", "True", "True"]
+    applied, in_heap, _ = _probe("detector", DETECTOR_PROBE, PYTHONPATH=path, MALLOC_MMAP_THRESHOLD_="131072")
     assert (applied, in_heap) == ("False", "False")
 
 

@@ -191,6 +191,20 @@ def test_integral_image_paths_agree():
     assert torch.allclose(table[-1, -1], image.double().sum(dim=(1, 2)))
 
 
+def test_integer_pixels_get_an_int32_table_with_the_same_crops_and_resizes():
+    generator = torch.Generator().manual_seed(9)
+    image = torch.randint(0, 256, (3, 40, 50), generator=generator).float()
+    table = S.integral_image(image)
+    wide = S.integral_image_torch(image)
+    assert table.dtype == torch.int32 and torch.equal(table.double(), wide)
+    boxes = torch.tensor([[2.0, 3.0, 30.0, 27.0], [-6.5, -4.0, 20.0, 22.0], [10.3, 5.9, 17.2, 12.8]])
+    assert torch.equal(S.crop_and_resize(image, boxes, 24, table), S.crop_and_resize(image, boxes, 24, wide))
+    assert torch.equal(S.resize_from_integral(table, 13, 17), S.resize_from_integral(wide, 13, 17))
+    # Not integers, or out of [0, 255]: the float64 table.
+    assert S.integral_image(image + 0.5).dtype == torch.float64
+    assert S.integral_image(image + 256).dtype == torch.float64
+
+
 @pytest.mark.parametrize("height, width", [(30, 41), (7, 9), (64, 80), (1, 1)])
 def test_resize_from_integral_equals_torch_area_interpolation(height, width):
     image = torch.rand((3, 64, 80), generator=torch.Generator().manual_seed(8)) * 255

@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from mtcnn.config import TrainConfig
 from mtcnn.errors import WeightsError
 from mtcnn.model.checkpoint import atomic_save, load_checkpoint, load_file, make_checkpoint
-from mtcnn.model.nets import DROPOUT_HEADS, NET_CLASSES, MirrorAveraged, PNet, build_net, mirror_outputs
+from mtcnn.model.nets import (
+    DROPOUT_HEADS,
+    NET_CLASSES,
+    MirrorAveraged,
+    PNet,
+    build_net,
+    max_pool_2x2,
+    mirror_outputs,
+)
 from mtcnn.model.weights import load_net, resolve_weight_files
 
 
@@ -111,6 +119,23 @@ def test_mirror_averaged_outputs_of_a_mirrored_crop_are_mirrored(stage, size):
     torch.testing.assert_close(twice_landmarks, landmarks)
     # A net alone is not symmetric: that is what the averaging adds.
     assert not torch.allclose(plain.logits, plain_of_mirror.logits, atol=1e-3)
+
+
+@pytest.mark.parametrize("height, width", [(10, 14), (11, 14), (10, 15), (1, 1), (7, 9)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_max_pool_2x2_without_autograd_is_the_pooling_layer(height, width, channels_last):
+    pool = torch.nn.MaxPool2d(2, 2, ceil_mode=True)
+    x = torch.randn((2, 5, height, width), generator=torch.Generator().manual_seed(height * width))
+    x[0, 0, 0, :2] = -torch.inf  # ties and infinities pool as the layer pools them
+    x[1, 1, :2, :2] = 3.0
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(max_pool_2x2(pool, x), pool(x))
+    with torch.no_grad():
+        assert torch.equal(max_pool_2x2(pool, x), pool(x))
+    x.requires_grad_(True)
+    assert max_pool_2x2(pool, x).grad_fn is not None  # with autograd: the layer itself
 
 
 def test_pnet_takes_no_dropout():

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtcnn.allocator import retain_freed_memory_once
 from mtcnn.detect.inputs import ImageInput, to_pixel_tensor
 from mtcnn.model.device import resolve_device
 from mtcnn.model.nets import MirrorAveraged
@@ -158,6 +159,11 @@ class MTCNN:
         self.thresholds = tuple(_check_probability("threshold", t) for t in thresholds)
         self.nms_thresholds = tuple(_check_probability("NMS threshold", t) for t in nms_thresholds)
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            # What every command does at start, here so that Python callers need not remember it: on
+            # glibc, freed activation blocks stay in the heap instead of being unmapped and faulted
+            # in again on every call (2.7 to 3.7 times faster detection; the user's MALLOC_* win).
+            retain_freed_memory_once()
         self.batch_size = int(batch_size)
         self.mirror_onet = bool(mirror_onet)
         self.landmark_scales = tuple(float(scale) for scale in landmark_scales)
@@ -307,14 +313,23 @@ class MTCNN:
         pixels ``[M, 4]``, their scores and image indices, and their box offsets ``[M, 4]``."""
         sizes = [scaled_size(pixels[i].shape[1], pixels[i].shape[2], scale) for i in batch]
         height, width = max(s[0] for s in sizes), max(s[1] for s in sizes)
-        scaled = torch.empty((len(batch), 3, height, width), device=self.device, memory_format=torch.channels_last)
-        scaled.zero_()
-        for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
+
+        def level(index: int, h: int, w: int) -> torch.Tensor:
             # Same pixels either way; the table is cheaper below half size (its cost follows the output).
             if scale < 0.5:
-                scaled[slot, :, :h, :w] = resize_from_integral(integrals[index], h, w)
-            else:
-                scaled[slot, :, :h, :w] = F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
+                return resize_from_integral(integrals[index], h, w)
+            return F.interpolate(pixels[index][None], size=(h, w), mode="area")[0]
+
+        if len(batch) == 1:
+            # One image (always so when detecting one at a time): the level as it comes, without
+            # zeroing and copying into a padded batch; channels-last as the nets are.
+            scaled = level(batch[0], *sizes[0])[None].contiguous(memory_format=torch.channels_last)
+        else:
+            scaled = torch.empty(
+                (len(batch), 3, height, width), device=self.device, memory_format=torch.channels_last
+            ).zero_()
+            for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
+                scaled[slot, :, :h, :w] = level(index, h, w)
         logits, offsets = pnet.forward_detect(scaled)
         probability = torch.softmax(logits, dim=1)[:, 1]  # [B, rows, cols]
         rows = torch.arange(probability.shape[1], device=self.device)
@@ -421,10 +436,16 @@ class MTCNN:
         for start in range(0, windows.shape[0], self.crop_budget):
             chunk_windows = windows[start : start + self.crop_budget]
             chunk_index = image_index[start : start + self.crop_budget]
+            images = torch.unique(chunk_index).tolist()
+            if len(images) == 1:
+                # All from one image (always so when detecting one image at a time): the crops as
+                # they come, already in channels-last order, without a copy into a shared batch.
+                yield crop_and_resize(pixels[images[0]], chunk_windows, size, integrals[images[0]])
+                continue
             crops = torch.empty(
                 (chunk_windows.shape[0], 3, size, size), device=self.device, memory_format=torch.channels_last
             )
-            for image in torch.unique(chunk_index).tolist():
+            for image in images:
                 members = torch.nonzero(chunk_index == image).squeeze(1)
                 crops[members] = crop_and_resize(pixels[image], chunk_windows[members], size, integrals[image])
             yield crops

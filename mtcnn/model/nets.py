@@ -65,6 +65,20 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * (1.0 / 128.0)
 
 
+def max_pool_2x2(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
+    """``pool`` (2 x 2, stride 2, ceil mode) of ``x [N, C, H, W]``; without autograd, as the
+    elementwise maximum of the four strided quarter views, which gives the same values and takes
+    about two thirds of the CPU time of the pooling kernel on channels-last maps (that kernel also
+    writes the argmax indices, which only a backward pass needs)."""
+    if torch.is_grad_enabled():
+        return pool(x)
+    height, width = x.shape[-2:]
+    if height % 2 or width % 2:  # ceil mode: a last row or column of its own
+        x = nn.functional.pad(x, (0, width % 2, 0, height % 2), value=float("-inf"))
+    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+
 class PNet(nn.Module):
     """Proposal net: fully convolutional, 12x12 receptive field, stride 2.
 
@@ -90,7 +104,7 @@ class PNet(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` pixels -> ``[N, 32, h, w]`` features shared by the three heads."""
         x = self.prelu1(self.conv1(normalize_pixels(pixels)))
-        x = self.pool1(x)
+        x = max_pool_2x2(self.pool1, x)
         x = self.prelu2(self.conv2(x))
         return self.prelu3(self.conv3(x))
 
@@ -175,7 +189,7 @@ class ONet(nn.Module):
         x = self.prelu2(self.conv2(x))
         x = self.pool2(x)
         x = self.prelu3(self.conv3(x))
-        x = self.pool3(x)
+        x = max_pool_2x2(self.pool3, x)
         x = self.prelu4(self.conv4(x))
         features = self.prelu5(self.dense5(x.flatten(1)))
         dropped = self.dropout(features)
