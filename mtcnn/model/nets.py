@@ -65,14 +65,14 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels - 127.5) * (1.0 / 128.0)
 
 
-def max_pool_2x2(pool: nn.MaxPool2d, x: torch.Tensor) -> torch.Tensor:
-    """``pool`` (2 x 2, stride 2, ceil mode) of ``x [N, C, H, W]``; without autograd, as the
-    elementwise maximum of the four strided quarter views, which gives the same values and takes
-    about two thirds of the CPU time of the pooling kernel on channels-last maps (that kernel also
-    writes the argmax indices, which only a backward pass needs)."""
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """The 2 x 2, stride 2, ceil-mode max pooling of ``x [N, C, H, W]``. Without autograd it is
+    the elementwise maximum of the four strided quarter views: the same values in about two thirds
+    of the CPU time of the pooling kernel on channels-last maps (that kernel also writes the argmax
+    indices, which only a backward pass needs)."""
     if torch.is_grad_enabled():
-        return pool(x)
-    height, width = x.shape[-2:]
+        return nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
+    height, width = x.shape[-2], x.shape[-1]
     if height % 2 or width % 2:  # ceil mode: a last row or column of its own
         x = nn.functional.pad(x, (0, width % 2, 0, height % 2), value=float("-inf"))
     rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
@@ -92,7 +92,6 @@ class PNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
         self.prelu1 = nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
         self.prelu2 = nn.PReLU(16)
         self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
@@ -104,7 +103,7 @@ class PNet(nn.Module):
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` pixels -> ``[N, 32, h, w]`` features shared by the three heads."""
         x = self.prelu1(self.conv1(normalize_pixels(pixels)))
-        x = max_pool_2x2(self.pool1, x)
+        x = max_pool_2x2(x)
         x = self.prelu2(self.conv2(x))
         return self.prelu3(self.conv3(x))
 
@@ -172,7 +171,6 @@ class ONet(nn.Module):
         self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
         self.prelu3 = nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
         self.prelu4 = nn.PReLU(128)
         self.dense5 = nn.Linear(1152, 256)
@@ -189,7 +187,7 @@ class ONet(nn.Module):
         x = self.prelu2(self.conv2(x))
         x = self.pool2(x)
         x = self.prelu3(self.conv3(x))
-        x = max_pool_2x2(self.pool3, x)
+        x = max_pool_2x2(x)
         x = self.prelu4(self.conv4(x))
         features = self.prelu5(self.dense5(x.flatten(1)))
         dropped = self.dropout(features)
