@@ -195,7 +195,10 @@ class Trainer:
         self.net.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        else:  # trained without float16 loss scaling (bfloat16 or the CPU): the scale starts afresh
+            log.info("%s: the run had no float16 loss scaling; the scaler starts at its initial scale", path)
         self.epoch = int(state["epoch"])
         self.step = int(state["step"])
         best = state["best"]

@@ -1,0 +1,39 @@
+"""GPU code paths caught on the CPU: what a one-GPU machine accepts as a device, and a float16
+run resumed from a checkpoint written without loss scaling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_engine import _config, _tensors
+
+from mtcnn.model.checkpoint import load_checkpoint
+from mtcnn.model.device import resolve_device
+from mtcnn.model.nets import build_net
+from mtcnn.train.run import run_training
+from mtcnn.train.trainer import LAST_CHECKPOINT, Trainer
+
+
+def test_a_cuda_index_past_the_machines_gpus_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cuda") == torch.device("cuda")
+    with pytest.raises(ValueError, match=r"'cuda:3' was asked for, but PyTorch sees 1 CUDA GPU\(s\): cuda:0 to cuda:0"):
+        resolve_device("cuda:3")
+
+
+def test_float16_loss_scaling_resumes_a_run_written_without_it(kit_store, tmp_path: Path, caplog):
+    config = _config(kit_store, tmp_path, "epochs=1", "val_image_count=0")
+    run_training(config, "cpu", show_progress=False)  # on the CPU: no loss scaling, an empty scaler state
+    checkpoint = load_checkpoint(tmp_path / LAST_CHECKPOINT)
+    assert checkpoint["training"]["scaler"] == {}
+    train = _tensors(kit_store("pnet", "train"))
+    trainer = Trainer("pnet", build_net("pnet"), config.train, train, None, "cpu", show_progress=False)
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as a float16 run on a GPU has it
+    caplog.set_level("INFO", logger="mtcnn.train.trainer")
+    trainer.load_state_dict(checkpoint, tmp_path / LAST_CHECKPOINT)  # raised "the source state dict is empty"
+    assert trainer.epoch == 1 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
+    assert "no float16 loss scaling" in caplog.text
