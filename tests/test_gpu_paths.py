@@ -1,5 +1,5 @@
-"""GPU code paths caught on the CPU: what a one-GPU machine accepts as a device, and a float16
-run resumed from a checkpoint written without loss scaling."""
+"""GPU code paths caught on the CPU: what a one-GPU machine accepts as a device, a float16 run
+resumed from a checkpoint written without loss scaling, and validation under mixed precision."""
 
 from __future__ import annotations
 
@@ -37,3 +37,12 @@ def test_float16_loss_scaling_resumes_a_run_written_without_it(kit_store, tmp_pa
     trainer.load_state_dict(checkpoint, tmp_path / LAST_CHECKPOINT)  # raised "the source state dict is empty"
     assert trainer.epoch == 1 and trainer.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale()
     assert "no float16 loss scaling" in caplog.text
+
+
+def test_validation_runs_in_float32_even_with_mixed_precision_training(kit_store, tmp_path: Path):
+    config = _config(kit_store, tmp_path, "epochs=1")
+    data = _tensors(kit_store("pnet", "val"))
+    trainer = Trainer("pnet", build_net("pnet"), config.train, data, data, "cpu", show_progress=False)
+    plain = trainer.validate()
+    trainer.amp_dtype = torch.bfloat16  # as a CUDA run with amp has it (bfloat16 autocast runs on the CPU too)
+    assert trainer.validate() == plain

@@ -439,9 +439,11 @@ class Trainer:
 
     def validate(self, data: SampleTensors | None = None) -> dict[str, float]:
         """Validation metrics (:func:`~mtcnn.train.metrics.validate_net`) over the whole
-        validation store, or over ``data``."""
+        validation store, or over ``data``, in float32 even when training runs in mixed
+        precision: the best checkpoint, early stopping and the plateau schedule follow these
+        figures, and they must not depend on the device's reduced-precision arithmetic."""
         data = data if data is not None else self.val_data
-        return validate_net(self.net, data, self.device, self.config.chunk_size, self.task_weights, self._autocast)
+        return validate_net(self.net, data, self.device, self.config.chunk_size, self.task_weights)
 
     # -------------------------------------------------------------------------- the run
 
