@@ -1,5 +1,6 @@
 """GPU code paths caught on the CPU: what a one-GPU machine accepts as a device, a float16 run
-resumed from a checkpoint written without loss scaling, and validation under mixed precision."""
+resumed from a checkpoint written without loss scaling, validation under mixed precision, and the
+ranks of a torchrun job drawing one dropout stream."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from test_engine import _config, _tensors
 from mtcnn.model.checkpoint import load_checkpoint
 from mtcnn.model.device import resolve_device
 from mtcnn.model.nets import build_net
-from mtcnn.train.run import run_training
+from mtcnn.train.distributed import DistributedContext
+from mtcnn.train.run import run_training, seed_ranks
 from mtcnn.train.trainer import LAST_CHECKPOINT, Trainer
 
 
@@ -46,3 +48,19 @@ def test_validation_runs_in_float32_even_with_mixed_precision_training(kit_store
     plain = trainer.validate()
     trainer.amp_dtype = torch.bfloat16  # as a CUDA run with amp has it (bfloat16 autocast runs on the CPU too)
     assert trainer.validate() == plain
+
+
+def test_each_rank_of_a_torchrun_job_draws_its_own_dropout():
+    def draws(rank: int, world: int) -> torch.Tensor:
+        torch.manual_seed(0)
+        torch.rand(3)  # what building the net drew
+        seed_ranks(0, DistributedContext(rank, world))
+        return torch.rand(5)
+
+    torch.manual_seed(0)
+    torch.rand(3)
+    single = torch.rand(5)
+    assert torch.equal(draws(0, 1), single)  # one process: the stream runs on untouched
+    ranks = [draws(rank, 2) for rank in range(2)]
+    assert not torch.equal(ranks[0], ranks[1])
+    assert torch.equal(ranks[1], draws(1, 2))  # and each rank's stream is reproducible

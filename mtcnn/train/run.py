@@ -22,7 +22,7 @@ from mtcnn.model.nets import build_net
 from mtcnn.model.weights import load_net, stage_weights_file
 from mtcnn.spec import INPUT_SIZES
 from mtcnn.train.batches import SampleTensors
-from mtcnn.train.distributed import init_distributed
+from mtcnn.train.distributed import DistributedContext, init_distributed
 from mtcnn.train.trainer import LAST_CHECKPOINT, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,15 @@ def resolve_config(config: StageConfig, out_dir: Path | None) -> StageConfig:
     return dataclasses.replace(config, train=resolved)
 
 
+def seed_ranks(seed: int, distributed: DistributedContext) -> None:
+    """Under ``torchrun``, give each rank its own stream of the global generators (dropout): with
+    one seed every rank would drop the same units of its share of the batch. The nets were made
+    from ``seed`` on every rank before this (and DDP starts them from rank 0's weights anyway). A
+    single process keeps its stream as it is, so single-process runs are reproduced bit for bit."""
+    if distributed.active:
+        torch.manual_seed(seed + distributed.rank * 1_000_003)
+
+
 def run_training(
     config: StageConfig,
     device: str = "auto",
@@ -244,6 +253,7 @@ def run_training(
     net = build_net(config.stage, train.dropout, train.dropout_heads)
     if init_state is not None:
         net.load_state_dict(init_state)
+    seed_ranks(train.seed, distributed)
     if distributed.is_main:
         remove_stale_temporaries(run_dir)  # checkpoints a kill left half-written
         write_config(config, run_dir / CONFIG_NAME)
