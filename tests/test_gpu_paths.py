@@ -64,3 +64,20 @@ def test_each_rank_of_a_torchrun_job_draws_its_own_dropout():
     ranks = [draws(rank, 2) for rank in range(2)]
     assert not torch.equal(ranks[0], ranks[1])
     assert torch.equal(ranks[1], draws(1, 2))  # and each rank's stream is reproducible
+
+
+def _broadcast_worker(rank: int, init_file: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        # the figures of two ranks differing in the last bit, as reduced-precision kernels can make them
+        results[rank] = DistributedContext(rank, 2).from_main({"val_loss": 0.25 + rank * 1e-12})
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_decide_on_rank_zeros_figures(tmp_path: Path):
+    manager = torch.multiprocessing.get_context("spawn").Manager()
+    results = manager.dict()
+    torch.multiprocessing.spawn(_broadcast_worker, args=(str(tmp_path / "init"), results), nprocs=2)
+    assert dict(results) == {0: {"val_loss": 0.25}, 1: {"val_loss": 0.25}}
+    assert DistributedContext().from_main({"val_loss": 1.0}) == {"val_loss": 1.0}

@@ -35,6 +35,17 @@ class DistributedContext:
         dist.all_gather_object(gathered, obj)
         return gathered
 
+    def from_main(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (``obj`` itself outside a job): decisions every rank
+        must take alike (best checkpoint, early stop, plateau) follow one set of figures, so that
+        ranks whose figures differ in the last bit can never part ways and hang the job. Under one,
+        every rank must call it: it is a collective."""
+        if not self.active:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
 
 def init_distributed(device: torch.device) -> DistributedContext:
     """Join the process group when started by ``torchrun`` (``WORLD_SIZE`` > 1): NCCL on CUDA,

@@ -466,6 +466,7 @@ class Trainer:
             }
             if self.val_data is not None:
                 metrics.update(self.validate())
+            metrics = self.distributed.from_main(metrics)
             self._check_weights_finite(epoch)
             value = metrics[config.best_metric]
             self.schedule.report(value)
