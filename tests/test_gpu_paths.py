@@ -81,3 +81,33 @@ def test_ranks_decide_on_rank_zeros_figures(tmp_path: Path):
     torch.multiprocessing.spawn(_broadcast_worker, args=(str(tmp_path / "init"), results), nprocs=2)
     assert dict(results) == {0: {"val_loss": 0.25}, 1: {"val_loss": 0.25}}
     assert DistributedContext().from_main({"val_loss": 1.0}) == {"val_loss": 1.0}
+
+
+def test_mining_on_a_gpu_runs_one_process_with_every_thread(kit, monkeypatch, tmp_path: Path, caplog):
+    from test_prep import kit_config
+
+    from mtcnn.data import prepare as runner
+    from mtcnn.model.weights import packaged_weights_dir
+
+    threads_seen = {}
+    monkeypatch.setattr(
+        runner, "run_shard", lambda job, task: threads_seen.setdefault(job.device, torch.get_num_threads())
+    )
+    task = runner.ShardTask(0, runner.SOURCE_FACES, 0, ())
+    config = kit_config(kit, "rnet")
+    threads = torch.get_num_threads()
+    for device in ("cpu", "cuda"):
+        runner._run_shard_in_process(runner.PrepJob("rnet", tmp_path, config, "x", device=device), task)
+    assert threads_seen == {"cpu": 1, "cuda": threads}  # the CPU side of GPU mining is not starved
+
+    ran = {}
+    monkeypatch.setattr(runner, "_run_tasks", lambda job, tasks, workers, total, done: ran.update(workers=workers))
+    monkeypatch.setattr(runner, "finish_store", lambda *args, **kwargs: {"count": 0})
+    monkeypatch.setattr(runner, "read_shard_meta", lambda out, index: {})
+    monkeypatch.setattr(runner, "source_counts", lambda out, indices, sources: {"faces": [], "landmarks": []})
+    caplog.set_level("INFO", logger="mtcnn.data.prepare")
+    small = kit_config(kit, "rnet", overrides=["prep.limit_images=2", "prep.limit_landmark_faces=2"])
+    runner.prepare(
+        "rnet", small, tmp_path / "s", workers=2, weights={"pnet": packaged_weights_dir() / "pnet.pt"}, device="cuda"
+    )
+    assert ran["workers"] == 1 and "mining on cuda: one process" in caplog.text

@@ -408,7 +408,12 @@ def run_shard(job: PrepJob, task: ShardTask) -> dict[str, Any]:
     return read_shard_meta(job.out, task.index)
 
 
-def _run_shard_single_threaded(job: PrepJob, task: ShardTask) -> dict[str, Any]:
+def _run_shard_in_process(job: PrepJob, task: ShardTask) -> dict[str, Any]:
+    """One shard in this process: on one thread when the work is on the CPU (the processes are
+    the parallelism there); with every thread when the nets mine on a GPU, where this process is
+    the only one and decodes and cuts on the CPU meanwhile."""
+    if torch.device(job.device).type != "cpu":
+        return run_shard(job, task)
     with single_threaded():
         return run_shard(job, task)
 
@@ -472,7 +477,7 @@ def _run_tasks(job: PrepJob, tasks: Sequence[ShardTask], workers: int, total: in
         if workers <= 1:
             try:
                 for task in tasks:
-                    finished(_run_shard_single_threaded(job, task))
+                    finished(_run_shard_in_process(job, task))
             finally:
                 _DETECTORS.clear()  # do not keep the mining nets alive in the caller's process
             return
@@ -519,8 +524,12 @@ def prepare(
     for name, path in weights.items():
         if not Path(path).is_file():
             raise MtcnnError(f"{path}: no such {name} weights file")
-    if stage != "pnet" and torch.device(device).type == "cuda":
-        workers = 1  # one process keeps the GPU busy; several would each hold a copy of the nets
+    if stage != "pnet" and torch.device(device).type == "cuda" and workers > 1:
+        # one process keeps the GPU busy; several would each hold a copy of the nets
+        log.info(
+            "mining on %s: one process with %d torch threads, not %d workers", device, torch.get_num_threads(), workers
+        )
+        workers = 1
     problems: list[str] = []
     wider, landmarks, sources = split_inputs(config, split, problems)
     tasks = plan_shards(wider, landmarks, config.prep.images_per_shard, config.prep.faces_per_shard)
