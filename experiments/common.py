@@ -4,7 +4,6 @@ built on the package's public API only (``mtcnn.MTCNN``, ``mtcnn.eval.wider``)."
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from mtcnn import MTCNN
+from mtcnn.atomic import write_json_atomic
 from mtcnn.eval.wider import WiderResult, evaluate_wider
 from mtcnn.eval.wider_files import detect_wider, load_ground_truth
 from mtcnn.model.weights import load_net, resolve_weight_files
@@ -55,5 +55,5 @@ def report_wider_ap(detector: MTCNN, args: argparse.Namespace, report: Mapping[s
     result = evaluate_wider(ground_truth, detect_wider(detector, ground_truth, args.images))
     log.info("easy / medium / hard AP: %s", " / ".join(f"{ap:.4f}" for ap in result.ap.values()))
     if args.out is not None:
-        args.out.write_text(json.dumps({**report, "ap": result.ap}, indent=2) + "\n")
+        write_json_atomic(args.out, {**report, "ap": result.ap})
     return result
