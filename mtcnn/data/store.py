@@ -4,7 +4,7 @@ A store is a folder::
 
     manifest.json             written last: stage, size, counts, shards, sources, config, seed ...
     shards/00000/images.npy   uint8   [n, S, S, 3]  RGB crops
-    shards/00000/labels.npy   int8    [n]           LABEL_* below
+    shards/00000/labels.npy   int8    [n]           LABEL_* of mtcnn.spec
     shards/00000/boxes.npy    float32 [n, 4]        (true box - crop) / crop side, x1 y1 x2 y2
     shards/00000/landmarks.npy float32 [n, 10]      x1 y1 ... x5 y5 in [0, 1] of the crop
     shards/00000/shard.json   what the shard holds and which inputs it covers

@@ -63,14 +63,15 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
         if image.ndim != 3 or image.shape[0] not in (1, 3, 4):
             raise ImageReadError(f"{name}: expected a [3, H, W] tensor, got shape {tuple(image.shape)}")
         tensor = image[:3] if image.shape[0] != 1 else image.expand(3, -1, -1)
-        _check_not_unit_range(tensor, name)
+        if tensor.is_floating_point() and tensor.numel():
+            _check_not_unit_range(float(tensor.max()), name)
         return tensor.to(torch.float32)
     elif isinstance(image, np.ndarray):
         array = _array_to_rgb(image, name)
         if array.dtype == np.uint16:
             array = array.astype(np.float32) / 257.0
-        elif np.issubdtype(array.dtype, np.floating):
-            _check_not_unit_range(torch.from_numpy(array.astype(np.float32, copy=False)), name)
+        elif np.issubdtype(array.dtype, np.floating) and array.size:
+            _check_not_unit_range(float(array.max()), name)  # NumPy's peak: no copy, no read-only warning
     elif hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL
         array = np.array(image.convert("RGB"))  # a writable copy: torch refuses read-only buffers
     else:
@@ -81,9 +82,10 @@ def to_pixel_tensor(image: ImageInput, name: str = "image") -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1).to(torch.float32)
 
 
-def _check_not_unit_range(pixels: torch.Tensor, name: str) -> None:
-    """Refuse float pixels that all lie in (0, 1]: values meant for [0, 1], not [0, 255]."""
-    if pixels.is_floating_point() and pixels.numel() and 0 < float(pixels.max()) <= 1.0:
+def _check_not_unit_range(peak: float, name: str) -> None:
+    """Refuse float pixels whose ``peak`` (largest value) lies in (0, 1]: values meant for
+    [0, 1], not [0, 255]."""
+    if 0 < peak <= 1.0:
         raise ImageReadError(
             f"{name}: float pixel values all in [0, 1] (torchvision's ToTensor?); the detector takes "
             "values in [0, 255]: pass image * 255"
