@@ -243,4 +243,6 @@ def test_bad_settings_are_rejected(detector, option, value, message):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_gives_the_cpu_result(detector, kit):
     on_gpu = MTCNN(nets=copy.deepcopy(detector.nets), device="cuda")  # .to() would move the shared nets
+    # Half a pixel holds because the cascade turns TF32 off (full_float32): with PyTorch's default
+    # TF32 convolutions the boxes moved 0.63 px on this image (emulated); left is the order of sums.
     assert_same_faces(on_gpu.detect(kit / SAMPLE), detector.detect(kit / SAMPLE), atol=0.5)

@@ -111,3 +111,30 @@ def test_mining_on_a_gpu_runs_one_process_with_every_thread(kit, monkeypatch, tm
         "rnet", small, tmp_path / "s", workers=2, weights={"pnet": packaged_weights_dir() / "pnet.pt"}, device="cuda"
     )
     assert ran["workers"] == 1 and "mining on cuda: one process" in caplog.text
+
+
+def test_the_cascade_runs_its_nets_without_tf32_and_gives_back_the_callers_setting(kit, monkeypatch):
+    from mtcnn.detect.cascade import MTCNN
+
+    detector = MTCNN(device="cpu")
+    seen = {}
+    for stage, net in detector.nets.items():
+        name = "forward_detect" if stage == "pnet" else "forward"
+        run = getattr(net, name)
+
+        def recording(*args, stage=stage, run=run):
+            seen[stage] = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+            return run(*args)
+
+        monkeypatch.setattr(net, name, recording)
+    # TF32 everywhere, as a caller may have asked for it (PyTorch's default lets cuDNN convolutions use it).
+    saved = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        assert len(detector.detect(kit / "samples/2007_007763.jpg")) > 0
+        detector.landmarks_in_boxes(kit / "samples/2007_007763.jpg", [[10.0, 10.0, 60.0, 60.0]])
+        after = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
+    assert seen == {stage: ("ieee", "ieee") for stage in ("pnet", "rnet", "onet")}
+    assert after == ("tf32", "tf32")

@@ -22,7 +22,7 @@ from torch import nn
 
 from mtcnn.allocator import retain_freed_memory_once
 from mtcnn.detect.inputs import ImageInput, to_pixel_tensor
-from mtcnn.model.device import resolve_device
+from mtcnn.model.device import full_float32, resolve_device
 from mtcnn.model.nets import MirrorAveraged
 from mtcnn.model.weights import load_net, resolve_weight_files
 from mtcnn.ops.boxes import apply_box_offsets, nms, square_boxes
@@ -205,7 +205,7 @@ class MTCNN:
         if missing:
             raise ValueError(f"running up to {STAGE_NAMES[last_stage]} needs weights for {', '.join(missing)}")
         results: list[dict[str, Faces]] = []
-        with torch.inference_mode():
+        with torch.inference_mode(), full_float32():
             for start in range(0, len(images), self.batch_size):
                 chunk = images[start : start + self.batch_size]
                 pixels = [to_pixel_tensor(image, f"image {start + i}").to(self.device) for i, image in enumerate(chunk)]
@@ -221,7 +221,7 @@ class MTCNN:
         box regression."""
         if "onet" not in self.nets:
             raise ValueError("landmarks need weights for O-Net")
-        with torch.inference_mode():
+        with torch.inference_mode(), full_float32():
             pixels = to_pixel_tensor(image).to(self.device)
             windows = square_boxes(torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4))
             if windows.shape[0] == 0:
