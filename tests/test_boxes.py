@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision import ops as torchvision_ops
 
 from mtcnn.data.samples import box_targets
 from mtcnn.ops import boxes as B
@@ -86,6 +87,9 @@ def test_nms_keeps_a_box_whose_overlap_equals_the_threshold(mode):
     scores = torch.tensor([0.9, 0.8])
     assert B.nms(boxes, scores, 0.5, mode=mode).tolist() == [0, 1]
     assert B.nms(boxes, scores, 0.499, mode=mode).tolist() == [0]
+    if mode == "union":  # and so does the union NMS that runs off the CPU
+        assert B._exact_union_nms(boxes, scores, 0.5).tolist() == [0, 1]
+        assert B._exact_union_nms(boxes, scores, 0.499).tolist() == [0]
 
 
 @pytest.mark.parametrize("scale", [0.6, 0.2138, 0.1075])
@@ -106,6 +110,68 @@ def test_a_group_keeps_what_it_keeps_alone_despite_overlaps_equal_to_the_thresho
         members = torch.nonzero(groups == image).squeeze(1)
         alone = members[B.nms(boxes[members], scores[members], 0.5)]
         assert kept[groups[kept] == image].tolist() == alone.tolist()
+
+
+def pnet_grid(height: int, width: int, scaled_height: int, scaled_width: int, cells: int = 30) -> torch.Tensor:
+    """P-Net's windows over ``cells x cells`` cells of one pyramid level, mapped back to the
+    image as the cascade maps them (per-axis ratio of the resize): ``[cells**2, 4]``."""
+    rows, cols = torch.meshgrid(torch.arange(cells) * 2.0, torch.arange(cells) * 2.0, indexing="ij")
+    x, y = cols.flatten(), rows.flatten()
+    x_ratio, y_ratio = torch.tensor(width / scaled_width), torch.tensor(height / scaled_height)
+    return torch.stack([x * x_ratio, y * y_ratio, (x + 12) * x_ratio, (y + 12) * y_ratio], dim=1)
+
+
+def fused_union_above(boxes: torch.Tensor, threshold: float) -> torch.Tensor:
+    """IoU above ``threshold`` ``[N, N]`` with the union's subtraction fused with the
+    intersection's product (one rounding, as CUDA's fused multiply-add does it)."""
+    width = torch.minimum(boxes[:, None, 2], boxes[None, :, 2]) - torch.maximum(boxes[:, None, 0], boxes[None, :, 0])
+    height = torch.minimum(boxes[:, None, 3], boxes[None, :, 3]) - torch.maximum(boxes[:, None, 1], boxes[None, :, 1])
+    width, height = width.clamp(min=0).double(), height.clamp(min=0).double()
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = ((areas[:, None] + areas[None, :]).double() - width * height).float()
+    return (width * height).float() / union > threshold
+
+
+@pytest.mark.parametrize(("height", "width"), [(375, 500), (768, 1024), (333, 517)])
+def test_union_nms_off_the_cpu_decides_ties_as_torchvision_on_the_cpu(height, width):
+    # P-Net windows two cells apart overlap by exactly 0.5, so rounding decides; the boxes of
+    # several pyramid levels of one image, with random scores (and some equal ones).
+    generator = torch.Generator().manual_seed(height)
+    fused_flips = 0
+    for level in range(5):
+        scaled = S.scaled_size(height, width, 0.6 * 0.709**level)
+        boxes = pnet_grid(height, width, *scaled)
+        scores = (torch.rand(len(boxes), generator=generator) * 200).round() / 200
+        expected = torchvision_ops.nms(boxes, scores, 0.5)
+        assert torch.equal(B._exact_union_nms(boxes, scores, 0.5), expected)
+        unfused = torch.zeros((len(boxes), len(boxes)), dtype=torch.bool)
+        unfused[B._union_pairs_above(boxes, 0.5)] = True
+        fused_flips += int((torch.triu(fused_union_above(boxes, 0.5), diagonal=1) != unfused).sum())
+    assert fused_flips > 0  # rounding decides here: CUDA's fused arithmetic flips some ties
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.6, 0.7])
+def test_union_nms_off_the_cpu_keeps_what_torchvision_keeps_on_random_boxes(threshold):
+    # 0.6 rounds up in float32: the overlaps are compared with the threshold in float64, as
+    # torchvision compares them.
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        boxes = random_boxes(1500, generator, span=300.0)
+        scores = (torch.rand(1500, generator=generator) * 50).round() / 50
+        assert torch.equal(B._exact_union_nms(boxes, scores, threshold), torchvision_ops.nms(boxes, scores, threshold))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["union", "min"])
+def test_cuda_nms_keeps_the_cpu_boxes(mode):
+    generator = torch.Generator().manual_seed(0)
+    levels = [pnet_grid(768, 1024, *S.scaled_size(768, 1024, 0.6 * 0.709**level), cells=60) for level in range(6)]
+    boxes = torch.cat(levels)
+    groups = torch.cat([torch.full((len(level),), index) for index, level in enumerate(levels)])
+    scores = torch.rand(len(boxes), generator=generator)
+    on_cpu = B.nms(boxes, scores, 0.5, mode=mode, groups=groups)
+    on_gpu = B.nms(boxes.cuda(), scores.cuda(), 0.5, mode=mode, groups=groups.cuda())
+    assert torch.equal(on_gpu.cpu(), on_cpu)
 
 
 def test_nms_of_no_boxes_is_empty():

@@ -46,24 +46,71 @@ def pairwise_min_overlap(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.
     return intersection / smaller.clamp(min=torch.finfo(boxes_a.dtype).tiny)
 
 
-def _greedy_suppression(overlap_above: torch.Tensor) -> torch.Tensor:
-    """Greedy NMS on a precomputed ``[K, K]`` bool matrix, boxes sorted by falling score.
+#: Elements of one block of the union-mode IoU matrix off the CPU: a few tensors of this size (16
+#: to 32 MiB each) live at once, whatever the number of boxes.
+_IOU_BLOCK = 1 << 22
 
-    ``overlap_above[i, j]`` says box ``i`` would suppress box ``j`` (only ``i < j`` matters).
-    Box ``j`` survives iff no surviving earlier box suppresses it. That recursion has exactly one
-    solution, so iterating ``keep <- not any(keep[i] and overlap[i, j])`` from all-true until it
-    stops changing finds it; it stops after at most the length of the longest suppression chain
-    (a handful of steps in practice), each one matrix-vector product, on any device.
+
+def _union_pairs_above(boxes: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pairs ``(i, j)``, ``i < j``, of ``[K, 4]`` boxes whose IoU is strictly above
+    ``threshold``, as two index tensors ``[P]``, in blocks of rows so that memory stays bounded.
+
+    The arithmetic is that of torchvision's CPU NMS, step by step: intersection ``w * h``, union
+    ``(area_i + area_j) - intersection``, their quotient in the boxes' dtype, compared in float64
+    with the threshold. Each step is its own PyTorch op, rounded on its own on every device, so
+    the decisions are the CPU's even for overlaps that sit exactly at the threshold (P-Net's grid
+    windows two cells apart have IoU 0.5): torchvision's CUDA kernel fuses the product into the
+    subtraction (one rounding), which turned about 220 keep/suppress decisions on 4 WIDER images
+    the other way (emulated on the CPU).
     """
-    count = overlap_above.shape[0]
-    suppresses = torch.triu(overlap_above, diagonal=1).to(torch.float32)
-    keep = torch.ones(count, dtype=torch.bool, device=overlap_above.device)
+    count = boxes.shape[0]
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    index = torch.arange(count, device=boxes.device)
+    rows = max(1, _IOU_BLOCK // count)
+    suppressor, suppressed = [], []
+    for start in range(0, count, rows):
+        # Rows start:stop against every box from start on: the pairs with i < j all lie there.
+        a, b = boxes[start : start + rows, None, :], boxes[None, start:, :]
+        width = (torch.minimum(a[..., 2], b[..., 2]) - torch.maximum(a[..., 0], b[..., 0])).clamp(min=0)
+        height = (torch.minimum(a[..., 3], b[..., 3]) - torch.maximum(a[..., 1], b[..., 1])).clamp(min=0)
+        intersection = width * height
+        union = (areas[start : start + rows, None] + areas[None, start:]) - intersection
+        above = ((intersection / union).double() > threshold) & (
+            index[None, start:] > index[start : start + rows, None]
+        )
+        i, j = torch.nonzero(above, as_tuple=True)
+        suppressor.append(i + start)
+        suppressed.append(j + start)
+    return torch.cat(suppressor), torch.cat(suppressed)
+
+
+def _greedy_suppression(count: int, suppressor: torch.Tensor, suppressed: torch.Tensor) -> torch.Tensor:
+    """Greedy NMS of ``count`` boxes sorted by falling score, given the pairs ``[P]`` in which box
+    ``suppressor[p]`` would suppress box ``suppressed[p]`` (always the later one); a bool
+    ``[count]`` keep mask.
+
+    Box ``j`` survives iff no surviving earlier box suppresses it. That recursion has exactly one
+    solution, so iterating ``keep <- no kept suppressor of j`` from all-true until it stops
+    changing finds it; it stops after at most the length of the longest suppression chain (a
+    handful of steps in practice), each a gather and a scatter of one value over the pairs, on
+    any device and deterministic.
+    """
+    keep = torch.ones(count, dtype=torch.bool, device=suppressor.device)
     for _ in range(count + 1):
-        new_keep = (keep.to(torch.float32) @ suppresses) == 0
+        new_keep = torch.ones_like(keep)
+        new_keep[suppressed[keep[suppressor]]] = False
         if torch.equal(new_keep, keep):
             break
         keep = new_keep
     return keep
+
+
+def _exact_union_nms(boxes: torch.Tensor, scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """What ``nms(mode="union")`` runs off the CPU: indices ``[K]`` of the kept ``[N, 4]`` boxes
+    by falling score, the same as torchvision's CPU NMS keeps (see :func:`_union_pairs_above`)."""
+    order = torch.argsort(scores, descending=True, stable=True)
+    suppressor, suppressed = _union_pairs_above(boxes[order], threshold)
+    return order[_greedy_suppression(order.shape[0], suppressor, suppressed)]
 
 
 def nms(
@@ -75,11 +122,13 @@ def nms(
 ) -> torch.Tensor:
     """Greedy non-maximum suppression; indices ``[K]`` of the kept boxes by falling score.
 
-    ``mode`` is ``"union"`` (IoU, via ``torchvision.ops``) or ``"min"`` (intersection over the
-    smaller area). A box is suppressed when its overlap with a kept, higher-scoring box is
-    strictly greater than ``threshold``. ``groups`` ``[N]`` (ints), when given, runs NMS
-    within each group (e.g. per image) on its own: a group keeps exactly the boxes it would keep
-    alone.
+    ``mode`` is ``"union"`` (IoU) or ``"min"`` (intersection over the smaller area). A box is
+    suppressed when its overlap with a kept, higher-scoring box is strictly greater than
+    ``threshold``. ``groups`` ``[N]`` (ints), when given, runs NMS within each group (e.g. per
+    image) on its own: a group keeps exactly the boxes it would keep alone. Union mode runs
+    ``torchvision.ops.nms`` on the CPU, the reference and fastest there; on other devices the
+    same arithmetic in PyTorch ops (:func:`_exact_union_nms`), so that every device keeps the
+    CPU's boxes.
     """
     if boxes.numel() == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
@@ -87,6 +136,7 @@ def nms(
         raise ValueError(f"unknown NMS mode {mode!r}; expected 'union' or 'min'")
     if groups is None:
         groups = torch.zeros(boxes.shape[0], dtype=torch.long, device=boxes.device)
+    union_nms = ops.nms if boxes.device.type == "cpu" else _exact_union_nms
     # Each group on its own, so that a group's result never depends on the others: torchvision's
     # batched_nms shifts each group by its own coordinate offset, which changes the rounding of
     # the overlaps, and P-Net's grid windows often overlap by exactly the threshold (two cells
@@ -96,11 +146,11 @@ def nms(
     for group in torch.unique(groups):
         members = torch.nonzero(groups == group).squeeze(1)
         if mode == "union":
-            kept.append(members[ops.nms(boxes[members], scores[members], threshold)])
+            kept.append(members[union_nms(boxes[members], scores[members], threshold)])
         else:
             order = members[torch.argsort(scores[members], descending=True, stable=True)]
-            overlap = pairwise_min_overlap(boxes[order], boxes[order]) > threshold
-            kept.append(order[_greedy_suppression(overlap)])
+            overlap = torch.triu(pairwise_min_overlap(boxes[order], boxes[order]) > threshold, diagonal=1)
+            kept.append(order[_greedy_suppression(order.shape[0], *torch.nonzero(overlap, as_tuple=True))])
     kept = torch.cat(kept)
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
 
