@@ -138,3 +138,51 @@ def test_the_cascade_runs_its_nets_without_tf32_and_gives_back_the_callers_setti
         torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = saved
     assert seen == {stage: ("ieee", "ieee") for stage in ("pnet", "rnet", "onet")}
     assert after == ("tf32", "tf32")
+
+
+def _full_batch_step(rank: int, world: int, train_store: str, out_dir: str) -> dict[str, torch.Tensor]:
+    """The weights after one float16-scaled full-batch step over the whole store in one chunk."""
+    from test_engine import TINY
+
+    from mtcnn.train.run import load_train_config
+
+    overrides = [f"train_store={train_store}", f"out_dir={out_dir}", "batch_size=full", "chunk_size=100000"]
+    overrides += ["augment.flip=false", "optim.name=sgd", "optim.lr=0.1", "optim.weight_decay=0"]
+    config = load_train_config("pnet", TINY, overrides).train
+    torch.manual_seed(0)
+    train = _tensors(Path(train_store))
+    trainer = Trainer(
+        "pnet",
+        build_net("pnet"),
+        config,
+        train,
+        None,
+        "cpu",
+        distributed=DistributedContext(rank, world),
+        show_progress=False,
+    )
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as a float16 run on a GPU has it
+    trainer.full_batch_step(trainer.planner.epoch_plan(0)[0])
+    return {key: value.clone() for key, value in trainer.net.state_dict().items()}
+
+
+def _full_batch_worker(rank: int, init_file: str, train_store: str, out_dir: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        results[rank] = _full_batch_step(rank, 2, train_store, out_dir)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_rank_without_samples_takes_its_part_in_a_float16_full_batch_step(kit_store, tmp_path: Path):
+    # One chunk for two ranks: rank 1 has no samples; with loss scaling its scaler had never
+    # scaled a loss and its step raised.
+    store = str(kit_store("pnet", "train"))
+    alone = _full_batch_step(0, 1, store, str(tmp_path))
+    manager = torch.multiprocessing.get_context("spawn").Manager()
+    results = manager.dict()
+    torch.multiprocessing.spawn(
+        _full_batch_worker, args=(str(tmp_path / "init"), store, str(tmp_path), results), nprocs=2
+    )
+    for rank in range(2):
+        assert all(torch.equal(results[rank][key], alone[key]) for key in alone)

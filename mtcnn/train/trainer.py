@@ -306,8 +306,8 @@ class Trainer:
         """One gradient-descent step over all samples in ``plan [N]``, accumulated in chunks of
         ``chunk_size``. Hard example mining keeps its fraction per chunk; every part is divided
         by its whole-batch count, so the gradient is that of the whole-batch mean whatever the
-        chunking. Under DDP each rank takes every ``world_size``-th chunk and the gradients are
-        summed over the ranks."""
+        chunking. Under DDP each rank takes every ``world_size``-th chunk (none when there are
+        fewer chunks than ranks) and the gradients are summed over the ranks."""
         chunks = list(torch.split(plan, self.config.chunk_size))
         labels = self.train_data.labels.cpu().to(torch.long)
         totals = np.zeros(3, dtype=np.int64)
@@ -323,11 +323,17 @@ class Trainer:
         rank, world = self.distributed.rank, self.distributed.world_size
         self.optimizer.zero_grad(set_to_none=True)
         row = torch.zeros(len(_STEP_COLUMNS), device=self.device)
-        for chunk in chunks[rank::world]:
+        mine = chunks[rank::world]
+        for chunk in mine:
             # the bare net, not DDP: gradients are summed over the ranks once, below
             total, chunk_row = self._forward_loss(self.net, self.next_batch(chunk), denominators)
             self.scaler.scale(total).backward()
             row += chunk_row
+        if not mine:
+            # Fewer chunks than ranks: this rank adds zero gradients and statistics to the sums
+            # below. Its float16 loss scaler makes its scale on first use, so it must still scale
+            # this step (nothing) or its step raises and leaves the other ranks waiting.
+            self.scaler.scale(row.new_zeros(()))
         if self.distributed.active:
             for parameter in self.net.parameters():
                 if parameter.grad is None:
