@@ -186,3 +186,39 @@ def test_a_rank_without_samples_takes_its_part_in_a_float16_full_batch_step(kit_
     )
     for rank in range(2):
         assert all(torch.equal(results[rank][key], alone[key]) for key in alone)
+
+
+def test_stores_too_big_for_the_gpus_free_memory_are_refused_before_the_copy(kit_store, tmp_path: Path, monkeypatch):
+    from mtcnn.data.store import SampleStore
+    from mtcnn.errors import ConfigError
+    from mtcnn.train.run import DEVICE_RESERVE_BYTES, check_stores_fit
+
+    stores = [SampleStore.open(kit_store("pnet", split)) for split in ("train", "val")]
+    needed = sum(store.nbytes for store in stores)
+    assert needed == sum(len(store) * (12 * 12 * 3 + 1 + 4 * 4 + 10 * 4) for store in stores)
+    free = {"bytes": needed + DEVICE_RESERVE_BYTES - 1}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 80 << 30))
+    # The whole run stops before it copies anything (there is no GPU here to copy to).
+    config = _config(kit_store, tmp_path, "epochs=1", "val_image_count=0")
+    message = r"^train\.store_on_device: the stores take 0\.00 GiB but cuda has 2\.00 GiB free, .*=false"
+    with pytest.raises(ConfigError, match=message):
+        run_training(config, "cuda", show_progress=False)
+    free["bytes"] += 1
+    check_stores_fit(stores, torch.device("cuda"))  # just enough
+    free["bytes"] = 0
+    check_stores_fit(stores, torch.device("cpu"))  # batches gathered in RAM: no GPU memory asked
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_store_check_reads_the_gpus_free_memory():
+    from types import SimpleNamespace
+
+    from mtcnn.errors import ConfigError
+    from mtcnn.train.run import check_stores_fit
+
+    total = torch.cuda.mem_get_info(torch.device("cuda"))[1]
+    check_stores_fit([SimpleNamespace(nbytes=1 << 20)], torch.device("cuda"))
+    with pytest.raises(ConfigError, match=r"^train\.store_on_device: .* GiB free"):
+        check_stores_fit([SimpleNamespace(nbytes=total)], torch.device("cuda", 0))

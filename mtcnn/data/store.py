@@ -312,6 +312,11 @@ class SampleStore:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the four arrays: what training holds in memory, or on the GPU."""
+        return sum(int(array.nbytes) for array in (self.images, self.labels, self.boxes, self.landmarks))
+
     def counts(self) -> dict[str, int]:
         """Samples per label name, from the labels themselves."""
         return label_counts(self.labels)

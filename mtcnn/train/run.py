@@ -29,10 +29,32 @@ log = logging.getLogger(__name__)
 
 #: The resolved config a run folder keeps beside its checkpoints.
 CONFIG_NAME = "config.yaml"
+#: GPU memory a run keeps free beyond the stores it copies there: the CUDA context, the net,
+#: its optimizer state and a batch's activations (O-Net keeps about 1 MB a sample for the
+#: backward pass in float32, so a 512-sample batch about 0.5 GB; full-batch chunks more).
+DEVICE_RESERVE_BYTES = 2 << 30
 
 
 class RunFolderError(MtcnnError):
     """The run folder holds work that this run would overwrite."""
+
+
+def check_stores_fit(stores: list[SampleStore], device: torch.device) -> None:
+    """Refuse, with a :class:`ConfigError` naming ``train.store_on_device``, to copy ``stores``
+    onto a CUDA ``device`` whose free memory cannot hold them and :data:`DEVICE_RESERVE_BYTES`:
+    one line before the copy instead of an out-of-memory traceback in it (or in the first step).
+    Under torchrun every rank copies the stores onto its own GPU and checks that one."""
+    if device.type != "cuda":
+        return
+    needed = sum(store.nbytes for store in stores)
+    free, _ = torch.cuda.mem_get_info(device)
+    if needed + DEVICE_RESERVE_BYTES > free:
+        gib = 1 << 30
+        raise ConfigError(
+            f"train.store_on_device: the stores take {needed / gib:.2f} GiB but {device} has "
+            f"{free / gib:.2f} GiB free, and training keeps {DEVICE_RESERVE_BYTES / gib:.0f} GiB of it for the "
+            "net and its activations; set train.store_on_device=false to gather batches from RAM"
+        )
 
 
 def train_overrides(overrides: list[str] | tuple[str, ...]) -> list[str]:
@@ -233,6 +255,7 @@ def run_training(
     train_store = open_stage_store(train_path, config.stage, "training")
     val_store = open_stage_store(val_path, config.stage, "validation") if train.validate else None
     store_device = target if train.store_on_device else torch.device("cpu")
+    check_stores_fit([store for store in (train_store, val_store) if store is not None], store_device)
 
     def tensors(store: SampleStore) -> SampleTensors:
         return SampleTensors.from_store(store, store_device)
