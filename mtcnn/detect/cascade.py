@@ -1,7 +1,8 @@
 """The MTCNN cascade: image pyramid -> P-Net -> NMS -> R-Net -> NMS -> O-Net -> faces.
 
 Many images of any sizes go through in one call. Every step runs on the chosen device: the
-pyramid levels of all images are batched per level, NMS is torchvision's, and R-Net and O-Net
+pyramid levels of all images are batched per level, NMS is torchvision's on the CPU (elsewhere
+the same arithmetic op by op, so ties go the same way: see :func:`mtcnn.ops.boxes.nms`), R-Net and O-Net
 inputs are cut and area-resampled from each image's summed-area table in one gather per image;
 O-Net runs again on the kept faces' scaled windows for their landmarks. Work is chunked by a pixel
 budget (P-Net) and a crop budget (R-Net, O-Net) so that large images and crowded scenes do not
