@@ -113,7 +113,7 @@ def test_batching_images_of_different_sizes_changes_nothing(detector, kit):
             device="cpu",
             batch_size=3,
             pnet_pixel_budget=150_000,
-            crop_budget=5,
+            crop_pixel_budget=3_000,
             mirror_onet=mirror_onet,
         )
         for batched in (plain.detect(paths), chunked.detect(paths)):
@@ -170,13 +170,33 @@ def test_grayscale_rgba_16_bit_and_exif_rotated_files(detector, kit, tmp_path):
 
 def test_thousands_of_candidates_and_a_large_image(detector, kit):
     # Thresholds of 0 let every P-Net window through: thousands of boxes reach R-Net and O-Net.
-    permissive = MTCNN(nets=detector.nets, device="cpu", thresholds=(0.0, 0.0, 0.0), min_face_size=40, crop_budget=512)
+    permissive = MTCNN(nets=detector.nets, device="cpu", thresholds=(0.0, 0.0, 0.0), min_face_size=40)
     stages = permissive.detect_stages([kit / SAMPLE])[0]
     assert len(stages["pnet"]) > 1000
     assert len(stages["onet"]) > 7
     large = cv2.resize(cv2.cvtColor(cv2.imread(str(kit / SAMPLE)), cv2.COLOR_BGR2RGB), (4000, 3000))
     faces = MTCNN(nets=detector.nets, device="cpu", min_face_size=80).detect(large)
     assert len(faces) >= 6
+
+
+@pytest.mark.parametrize("height", [11, 12, 57, 58, 203])
+def test_pnet_in_bands_of_rows_gives_the_maps_of_the_whole_level(detector, height):
+    # Odd and even heights: the last band carries the ceil-mode row of the whole level's pooling.
+    torch.manual_seed(height)
+    level = (torch.rand(2, 3, height, 37) * 255).contiguous(memory_format=torch.channels_last)
+    pnet = detector.nets["pnet"]
+    with torch.inference_mode():
+        whole = pnet.forward_detect(level)
+        for budget in (1, 2 * 37 * 20, 2 * 37 * 31):
+            banded = MTCNN(nets=detector.nets, device="cpu", pnet_pixel_budget=budget)._pnet_in_bands(pnet, level)
+            for ours, reference in zip(banded, whole):
+                assert ours.shape == reference.shape
+                torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5)
+
+
+def test_a_level_over_the_pnet_budget_gives_the_same_faces(detector, kit):
+    banded = MTCNN(nets=detector.nets, device="cpu", mirror_onet=False, landmark_scales=(), pnet_pixel_budget=20_000)
+    assert_same_faces(banded.detect(kit / SAMPLE), detector.detect(kit / SAMPLE))
 
 
 def test_stage_outputs_narrow_down(detector, kit):

@@ -97,6 +97,20 @@ class _Candidates:
         return results
 
 
+#: P-Net input pixels per call on the CPU. Its activations take about 100 bytes per input pixel, so
+#: one call stays near 200 MB: a 12-megapixel photo's first level runs in three bands of rows.
+CPU_PNET_PIXEL_BUDGET = 2_000_000
+#: On a GPU: more images of a level per batch.
+DEVICE_PNET_PIXEL_BUDGET = 8_000_000
+#: R-Net/O-Net input pixels per call on the CPU: 260 R-Net crops or 65 O-Net crops. On 2 cores
+#: (AMD EPYC, channels-last) a crop cost the same from 128 to 512 R-Net crops or 32 to 64 O-Net
+#: crops per call and 1.4 to 2.2 times as much at 2048 R-Net or 256 O-Net crops, whose activations
+#: (hundreds of MB) no longer fit the caches: fewer crops per call are faster and leaner.
+CPU_CROP_PIXEL_BUDGET = 150_000
+#: On a GPU larger calls keep the device busy: about 17,000 R-Net or 4,300 O-Net crops.
+DEVICE_CROP_PIXEL_BUDGET = 10_000_000
+
+
 def _check_probability(name: str, value: float) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -126,6 +140,14 @@ class MTCNN:
             scores do not change); empty: landmarks from the one window, as the original cascade.
         nets: already built nets ``{stage: module}`` instead of ``weights`` (used by training and
             mining to run nets that are in memory).
+        pnet_pixel_budget: most input pixels (padding included) of one P-Net call: pyramid levels
+            of several images are batched up to it, and a larger level is run in bands of rows that
+            give exactly its maps; None: :data:`CPU_PNET_PIXEL_BUDGET` on the CPU,
+            :data:`DEVICE_PNET_PIXEL_BUDGET` elsewhere.
+        crop_pixel_budget: most input pixels of one R-Net or O-Net call (crops times side squared,
+            mirror views included); None: :data:`CPU_CROP_PIXEL_BUDGET` on the CPU, where calls
+            small enough for the caches run fastest and keep memory low,
+            :data:`DEVICE_CROP_PIXEL_BUDGET` elsewhere.
     """
 
     def __init__(
@@ -140,8 +162,8 @@ class MTCNN:
         mirror_onet: bool = True,
         landmark_scales: Sequence[float] = LANDMARK_SCALES,
         nets: Mapping[str, nn.Module] | None = None,
-        pnet_pixel_budget: int = 8_000_000,
-        crop_budget: int = 2048,
+        pnet_pixel_budget: int | None = None,
+        crop_pixel_budget: int | None = None,
     ) -> None:
         if len(thresholds) != 3:
             raise ValueError(f"thresholds needs 3 values (P-Net, R-Net, O-Net), got {len(thresholds)}")
@@ -168,8 +190,13 @@ class MTCNN:
         self.batch_size = int(batch_size)
         self.mirror_onet = bool(mirror_onet)
         self.landmark_scales = tuple(float(scale) for scale in landmark_scales)
+        on_cpu = self.device.type == "cpu"
+        if pnet_pixel_budget is None:
+            pnet_pixel_budget = CPU_PNET_PIXEL_BUDGET if on_cpu else DEVICE_PNET_PIXEL_BUDGET
         self.pnet_pixel_budget = int(pnet_pixel_budget)
-        self.crop_budget = int(crop_budget)
+        if crop_pixel_budget is None:
+            crop_pixel_budget = CPU_CROP_PIXEL_BUDGET if on_cpu else DEVICE_CROP_PIXEL_BUDGET
+        self.crop_pixel_budget = int(crop_pixel_budget)
         if nets is None:
             nets = {stage: load_net(path, stage) for stage, path in resolve_weight_files(weights).items()}
         # Channels-last runs these small convolutions and poolings about twice as fast on the CPU.
@@ -331,7 +358,7 @@ class MTCNN:
             ).zero_()
             for slot, (index, (h, w)) in enumerate(zip(batch, sizes)):
                 scaled[slot, :, :h, :w] = level(index, h, w)
-        logits, offsets = pnet.forward_detect(scaled)
+        logits, offsets = self._pnet_in_bands(pnet, scaled)
         probability = torch.softmax(logits, dim=1)[:, 1]  # [B, rows, cols]
         rows = torch.arange(probability.shape[1], device=self.device)
         cols = torch.arange(probability.shape[2], device=self.device)
@@ -359,15 +386,35 @@ class MTCNN:
         candidates = _Candidates(torch.stack([x1, y1, x2, y2], dim=1), probability[slot, row, col], image_index)
         return candidates, offsets[slot, :, row, col]
 
+    def _pnet_in_bands(self, pnet: nn.Module, scaled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P-Net's face logits ``[B, 2, h, w]`` and box offsets ``[B, 4, h, w]`` on ``scaled [B, 3, H, W]``,
+        in bands of rows within the pixel budget. Output row ``r`` sees input rows ``2r`` to
+        ``2r + 11`` only, so bands of ``2R + 10`` input rows starting at even rows give exactly
+        ``R`` rows each (the last band, ending where the image ends, ceil-mode rows included)."""
+        batch, _, height, width = scaled.shape
+        overlap = PNET_WINDOW - PNET_STRIDE
+        rows_per_band = max(1, (self.pnet_pixel_budget // (batch * width) - overlap) // PNET_STRIDE)
+        if PNET_STRIDE * rows_per_band + overlap >= height:
+            return pnet.forward_detect(scaled)
+        logits, offsets = [], []
+        for first in range(0, height, PNET_STRIDE * rows_per_band):
+            band_logits, band_offsets = pnet.forward_detect(
+                scaled[:, :, first : first + PNET_STRIDE * rows_per_band + overlap]
+            )
+            logits.append(band_logits)
+            offsets.append(band_offsets)
+            if first + PNET_STRIDE * rows_per_band + overlap >= height:
+                break
+        return torch.cat(logits, dim=2), torch.cat(offsets, dim=2)
+
     def _refine_stage(
         self, pixels: list[torch.Tensor], integrals: list[torch.Tensor], previous: _Candidates, stage: str
     ) -> _Candidates:
         """R-Net or O-Net on square crops around the previous stage's boxes."""
         net = self._runners[stage]
-        size = INPUT_SIZES[stage]
         windows = square_boxes(previous.boxes)
         logits, offsets, points = [], [], []
-        for crops in self._crop_chunks(pixels, integrals, windows, previous.image_index, size):
+        for crops in self._crop_chunks(pixels, integrals, windows, previous.image_index, stage):
             output = net(crops)
             logits.append(output.logits)
             offsets.append(output.box)
@@ -418,9 +465,7 @@ class MTCNN:
         net = self._runners["onet"]
         points = [
             net(crops).landmarks
-            for crops in self._crop_chunks(
-                pixels, integrals, scaled, image_index.repeat(len(scales)), INPUT_SIZES["onet"]
-            )
+            for crops in self._crop_chunks(pixels, integrals, scaled, image_index.repeat(len(scales)), "onet")
         ]
         return _points_in_windows(scaled, torch.cat(points)).reshape(len(scales), -1, 5, 2).sum(dim=0)
 
@@ -430,13 +475,16 @@ class MTCNN:
         integrals: list[torch.Tensor],
         windows: torch.Tensor,
         image_index: torch.Tensor,
-        size: int,
+        stage: str,
     ):
-        """Yield ``[n, 3, size, size]`` crops of ``windows`` in their order, at most
-        ``crop_budget`` at a time, from each image's summed-area table."""
-        for start in range(0, windows.shape[0], self.crop_budget):
-            chunk_windows = windows[start : start + self.crop_budget]
-            chunk_index = image_index[start : start + self.crop_budget]
+        """Yield ``[n, 3, S, S]`` crops of ``windows`` for ``stage``'s net in their order, as many
+        per call as ``crop_pixel_budget`` allows, from each image's summed-area table."""
+        size = INPUT_SIZES[stage]
+        views = 2 if isinstance(self._runners[stage], MirrorAveraged) else 1
+        per_call = max(1, self.crop_pixel_budget // (size * size * views))
+        for start in range(0, windows.shape[0], per_call):
+            chunk_windows = windows[start : start + per_call]
+            chunk_index = image_index[start : start + per_call]
             images = torch.unique(chunk_index).tolist()
             if len(images) == 1:
                 # All from one image (always so when detecting one image at a time): the crops as
