@@ -170,11 +170,17 @@ def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_
         device="cpu",
         compare_facenet=False,
         mirror_onet=mirror_onet,
+        measure_memory=mirror_onet,  # one fresh process is enough to check the measurement
     )
     detector = MTCNN(reference_weights, device="cpu", min_face_size=40, mirror_onet=mirror_onet)
     assert [(row.detector, row.min_face_size, row.batch_size) for row in rows] == [(name, 40, 1)]
     assert rows[0].faces == sum(len(faces) for faces in detector.detect(images)) > 0
     assert rows[0].images_per_second > 0
+    if mirror_onet:
+        # A fresh process that imported torch and ran the nets: hundreds of MB, not this process's peak.
+        assert 2**27 < rows[0].peak_memory_bytes < 2**33
+    else:
+        assert rows[0].peak_memory_bytes is None
 
 
 def test_json_output_is_compact_a_line_per_face(photos, reference_weights, capsys):

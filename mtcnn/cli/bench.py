@@ -41,6 +41,7 @@ def add_parser(subparsers) -> None:
     detect.add_argument("--repeats", type=int, default=3, help="timed runs per setting (default 3)")
     detect.add_argument("--device", default="auto")
     detect.add_argument("--no-compare", action="store_true", help="do not time facenet-pytorch")
+    detect.add_argument("--no-memory", action="store_true", help="do not measure peak memory (a fresh process per row)")
     add_onet_options(detect)
     detect.set_defaults(run=_run_bench_detect)
     _add_bench_prep_parser(benches)
@@ -64,6 +65,7 @@ def _run_bench_detect(args: argparse.Namespace) -> int:
         compare_facenet=not args.no_compare,
         mirror_onet=args.mirror_onet,
         landmark_scales=landmark_scales_from_args(args),
+        measure_memory=not args.no_memory,
     )
     print(format_detect_table(rows, machine_description(device), len(images), args.repeats))
     return 0

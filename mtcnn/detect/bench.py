@@ -7,12 +7,16 @@ and comes with a description of the machine.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import platform
+import resource
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +79,8 @@ class DetectRow:
     batch_size: int
     images_per_second: float
     faces: int
+    #: Peak resident memory of a fresh process that detects on the images once (None: not measured).
+    peak_memory_bytes: int | None = None
 
 
 def bench_detect(
@@ -87,12 +93,16 @@ def bench_detect(
     compare_facenet: bool = True,
     mirror_onet: bool = True,
     landmark_scales: Sequence[float] = LANDMARK_SCALES,
+    measure_memory: bool = True,
 ) -> list[DetectRow]:
     """Time the cascade over decoded ``images`` for each min face size and batch size
     (``mirror_onet`` and ``landmark_scales`` as in :class:`~mtcnn.detect.cascade.MTCNN`).
 
     When facenet-pytorch is importable (and ``compare_facenet``), its MTCNN is timed on the same
     images with the same settings, one image at a time as it requires for images of different sizes.
+    Timings alternate in this process; with ``measure_memory`` each row's peak memory comes from a
+    fresh process of its own (a process's peak never goes down), which decodes the images and
+    detects on them once.
     """
     from mtcnn.detect.cascade import MTCNN
 
@@ -111,13 +121,61 @@ def bench_detect(
             )
             faces = sum(len(f) for f in detector.detect(decoded))
             seconds, _ = median_seconds(lambda detector=detector: detector.detect(decoded), repeats)
-            rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces))
+            settings = {
+                "weights": weights,
+                "min_face_size": min_face,
+                "device": device,
+                "batch_size": batch,
+                "mirror_onet": mirror_onet,
+                "landmark_scales": tuple(landmark_scales),
+            }
+            peak = _peak_memory("mtcnn", settings, images) if measure_memory else None
+            rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces, peak))
             log.info("%s  min face %3d  batch %2d  %7.2f images/s", name, min_face, batch, rows[-1].images_per_second)
         if compare_facenet:
             row = _bench_facenet(decoded, min_face, repeats, device)
             if row is not None:
+                if measure_memory:
+                    settings = {"min_face_size": min_face, "device": device}
+                    row = replace(row, peak_memory_bytes=_peak_memory("facenet-pytorch", settings, images))
                 rows.append(row)
     return rows
+
+
+def _peak_memory(detector: str, settings: dict, images: Sequence[Path]) -> int | None:
+    """Peak resident memory (bytes) of a fresh process that runs :func:`_detect_once`; None off Linux."""
+    if not sys.platform.startswith("linux"):
+        return None
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(_detect_once, detector, settings, list(images), torch.get_num_threads()).result()
+
+
+def _detect_once(detector: str, settings: dict, images: list[Path], threads: int) -> int:
+    """In a child process: decode ``images``, detect on them once with ``detector`` built from
+    ``settings``, and return the process's peak resident memory in bytes."""
+    torch.set_num_threads(threads)
+    decoded = [read_image(path) for path in images]
+    if detector == "mtcnn":
+        from mtcnn.detect.cascade import MTCNN
+
+        MTCNN(**settings).detect(decoded)
+    else:
+        from facenet_pytorch import MTCNN as FacenetMTCNN
+        from PIL import Image
+
+        from mtcnn.model.device import resolve_device
+
+        model = FacenetMTCNN(
+            min_face_size=settings["min_face_size"],
+            thresholds=[0.6, 0.7, 0.7],
+            factor=0.709,
+            keep_all=True,
+            device=resolve_device(settings["device"]),
+        )
+        for image in decoded:
+            model.detect(Image.fromarray(image))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, device: str) -> DetectRow | None:
@@ -147,11 +205,16 @@ def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, devic
 
 def format_detect_table(rows: Sequence[DetectRow], machine: str, image_count: int, repeats: int) -> str:
     """A Markdown table of the rows, with the machine and method underneath."""
-    lines = ["| detector | min face | batch | images/s | faces found |", "|---|---|---|---|---|"]
+    lines = ["| detector | min face | batch | images/s | faces found | peak memory |", "|---|---|---|---|---|---|"]
     for row in rows:
+        memory = "-" if row.peak_memory_bytes is None else f"{row.peak_memory_bytes / 2**30:.2f} GiB"
         lines.append(
-            f"| {row.detector} | {row.min_face_size} | {row.batch_size} | {row.images_per_second:.2f} | {row.faces} |"
+            f"| {row.detector} | {row.min_face_size} | {row.batch_size} | {row.images_per_second:.2f} | {row.faces}"
+            f" | {memory} |"
         )
     lines.append("")
-    lines.append(f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} runs; {machine}")
+    lines.append(
+        f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} runs; peak memory: a fresh"
+        f" process per row, decoding the images and detecting once; {machine}"
+    )
     return "\n".join(lines)
