@@ -88,3 +88,22 @@ def _glibc_mallopt() -> Callable[[int, int], int] | None:
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     return mallopt
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can still take: the kernel's ``MemAvailable``, or less when a cgroup
+    (v2, as containers set) limits the process; None where neither can be read (not Linux)."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as limit_file, open("/sys/fs/cgroup/memory.current") as used_file:
+            limit = limit_file.read().strip()
+            if limit != "max":
+                available = min(available, int(limit) - int(used_file.read()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 memory controller here: the kernel's figure stands
+    return available

@@ -27,3 +27,12 @@ class DataError(MtcnnError):
 
 class OutputError(MtcnnError):
     """A file or folder could not be written: disk full, no permission, read-only, in the way."""
+
+
+class MemoryLimitError(MtcnnError):
+    """The work asked would take more memory than the machine has free: ``subject`` (what was
+    asked, e.g. an image's name) and ``detail`` (how much, what to do), shown as one line."""
+
+    def __init__(self, subject: str, detail: str) -> None:
+        super().__init__(f"{subject}: {detail}")
+        self.detail = detail

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from full_disk import fill_disk, leftovers, one_error_line
@@ -86,7 +87,26 @@ def test_bad_files_are_reported_and_the_rest_still_processed(photos, reference_w
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert any("broken.jpg: not a decodable image" in line for line in errors)
     assert any("missing.jpg: cannot read" in line for line in errors)
-    assert "2 of 3 images could not be read" in captured.err
+    assert "2 of 3 images could not be read or were too large" in captured.err
+
+
+def test_a_photo_too_large_for_the_free_memory_is_an_error_of_its_own(photos, reference_weights, monkeypatch, capsys):
+    import mtcnn.detect.cascade as cascade
+
+    huge = photos / "huge.jpg"
+    family = cv2.imread(str(photos / "party" / "family.jpg"))
+    cv2.imwrite(str(huge), cv2.resize(family, (2000, 1500)))
+    # Room for the 500 x 375 and 900 x 916 photos one at a time, not for the 3-megapixel one nor a batch.
+    monkeypatch.setattr(cascade, "available_memory_bytes", lambda: 60 * 2**20)
+    paths = [str(photos / "party" / "family.jpg"), str(huge), str(photos / "dogs.jpg")]
+    status = cli.main(["detect", *paths, "--weights", str(reference_weights), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert status == 1
+    document = json.loads(captured.out)
+    assert [Path(image["path"]).name for image in document["images"]] == ["family.jpg", "dogs.jpg"]
+    assert len(document["images"][0]["faces"]) == 7
+    assert [Path(error["path"]).name for error in document["errors"]] == ["huge.jpg"]
+    assert "huge.jpg: detecting in a 2000 x 1500 image needs about" in captured.err
 
 
 def test_glob_patterns_expand(photos, reference_weights, capsys):

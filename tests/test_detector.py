@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.ops import box_iou
 
 from mtcnn.detect.cascade import MTCNN, Faces
+from mtcnn.errors import MemoryLimitError
 from mtcnn.model.nets import MirrorAveraged
 from mtcnn.spec import STAGES
 
@@ -197,6 +198,20 @@ def test_pnet_in_bands_of_rows_gives_the_maps_of_the_whole_level(detector, heigh
 def test_a_level_over_the_pnet_budget_gives_the_same_faces(detector, kit):
     banded = MTCNN(nets=detector.nets, device="cpu", mirror_onet=False, landmark_scales=(), pnet_pixel_budget=20_000)
     assert_same_faces(banded.detect(kit / SAMPLE), detector.detect(kit / SAMPLE))
+
+
+def test_images_too_large_for_the_free_memory_are_refused_in_one_line(detector, kit, monkeypatch):
+    import mtcnn.detect.cascade as cascade
+
+    # The sample (500 x 375) needs about 12 MB of working memory: it fits in 15 MiB alone, two do not.
+    monkeypatch.setattr(cascade, "available_memory_bytes", lambda: 15 * 2**20)
+    assert len(detector.detect(kit / SAMPLE)) == 7
+    pair = "2007_007763.jpg and 1 more: detecting in 0.4 megapixels at once needs about 23 MiB more memory"
+    with pytest.raises(MemoryLimitError, match=pair + ", and 15 MiB is free; detect fewer images at a time"):
+        detector.detect([kit / SAMPLE, kit / SAMPLE])
+    monkeypatch.setattr(cascade, "available_memory_bytes", lambda: 5 * 2**20)
+    with pytest.raises(MemoryLimitError, match=r"2007_007763.jpg: detecting in a 500 x 375 image needs about"):
+        detector.detect(kit / SAMPLE)
 
 
 def test_stage_outputs_narrow_down(detector, kit):

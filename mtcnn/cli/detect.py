@@ -80,6 +80,6 @@ def _run_detect(args: argparse.Namespace) -> int:
         sys.stdout.write(results_text(document))
     failed = len(document["errors"])
     if failed:
-        print(f"error: {failed} of {len(paths)} images could not be read", file=sys.stderr)
+        print(f"error: {failed} of {len(paths)} images could not be read or were too large", file=sys.stderr)
         return 1
     return 0

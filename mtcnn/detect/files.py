@@ -17,7 +17,7 @@ import numpy as np
 
 from mtcnn.detect.cascade import MTCNN, Faces
 from mtcnn.detect.inputs import read_image
-from mtcnn.errors import ImageReadError
+from mtcnn.errors import ImageReadError, MemoryLimitError
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,38 @@ def detect_files(
             refill = paths[submitted : submitted + batch_size]
             pending.extend(pool.submit(_read, path) for path in refill)
             submitted += len(refill)
-            images = [image for image in loaded if not isinstance(image, ImageReadError)]
-            found = iter(detector.detect(images) if images else [])
+            readable = [
+                (path, image) for path, image in zip(batch_paths, loaded) if not isinstance(image, ImageReadError)
+            ]
+            found = iter(_detect_batch(detector, readable))
             for path, image in zip(batch_paths, loaded):
                 if isinstance(image, ImageReadError):
                     yield ImageResult(path, error=str(image))
+                    continue
+                faces = next(found)
+                if isinstance(faces, str):
+                    yield ImageResult(path, error=faces)
                 else:
-                    yield ImageResult(
-                        path, image.shape[1], image.shape[0], next(found), image=image if keep_images else None
-                    )
+                    yield ImageResult(path, image.shape[1], image.shape[0], faces, image=image if keep_images else None)
+
+
+def _detect_batch(detector: MTCNN, readable: list[tuple[Path, np.ndarray]]) -> list[Faces | str]:
+    """Faces of each image, or the one-line error of an image too large for the free memory. A
+    batch too large together goes again one image at a time, so one huge photo fails alone."""
+    if not readable:
+        return []
+    try:
+        return detector.detect([image for _, image in readable])
+    except MemoryLimitError:
+        if len(readable) > 1:
+            log.warning("a batch of %d images is too large for the free memory: one at a time", len(readable))
+    outcomes: list[Faces | str] = []
+    for path, image in readable:
+        try:
+            outcomes.append(detector.detect(image))
+        except MemoryLimitError as exc:
+            outcomes.append(f"{path}: {exc.detail}")
+    return outcomes
 
 
 def faces_to_json(faces: Faces) -> list[dict[str, Any]]:
