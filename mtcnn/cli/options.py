@@ -97,7 +97,13 @@ def add_detector_options(parser: argparse.ArgumentParser, weights_help: str | No
     )
     add_onet_options(group)
     group.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto: CUDA if available)")
-    group.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="images per batch (default 1 on the CPU, where it uses least memory, 16 on a GPU)",
+    )
 
 
 def add_onet_options(parser) -> None:
