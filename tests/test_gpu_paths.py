@@ -222,3 +222,16 @@ def test_cuda_store_check_reads_the_gpus_free_memory():
     check_stores_fit([SimpleNamespace(nbytes=1 << 20)], torch.device("cuda"))
     with pytest.raises(ConfigError, match=r"^train\.store_on_device: .* GiB free"):
         check_stores_fit([SimpleNamespace(nbytes=total)], torch.device("cuda", 0))
+
+
+def test_a_batch_too_large_for_the_gpus_free_memory_is_refused_in_one_line(monkeypatch):
+    from mtcnn.detect import cascade
+    from mtcnn.errors import MemoryLimitError
+
+    # Four 12-megapixel photos against 1 GiB free on the GPU: refused before anything is copied.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
+    photos = [torch.zeros(3, 3000, 4000) for _ in range(4)]
+    names = [f"photo{i}.jpg" for i in range(4)]
+    with pytest.raises(MemoryLimitError, match=r"^photo0.jpg and 3 more: detecting in 48.0 megapixels at once"):
+        cascade._check_memory_for(photos, names, torch.device("cuda"))
+    cascade._check_memory_for(photos[:1], names[:1], torch.device("cuda"))  # one fits: 0.7 GiB

@@ -255,8 +255,7 @@ class MTCNN:
                     for i, image in enumerate(chunk)
                 ]
                 pixels = [to_pixel_tensor(image, name).to(self.device) for image, name in zip(chunk, names)]
-                if self.device.type == "cpu":
-                    _check_memory_for(pixels, names)
+                _check_memory_for(pixels, names, self.device)
                 per_stage = self._run_cascade(pixels, needed)
                 for i in range(len(chunk)):
                     results.append({stage: per_stage[stage][i] for stage in needed})
@@ -520,10 +519,16 @@ class MTCNN:
             yield crops
 
 
-def _check_memory_for(pixels: list[torch.Tensor], names: list[str]) -> None:
-    """Refuse, in one line, images that would take more memory than is free, before the work
-    rather than by the kernel's out-of-memory kill in the middle of it."""
-    available = available_memory_bytes()
+def _check_memory_for(pixels: list[torch.Tensor], names: list[str], device: torch.device) -> None:
+    """Refuse, in one line, images that would take more memory than is free on ``device``, before
+    the work rather than by the kernel's out-of-memory kill (or CUDA's error) in the middle of it."""
+    if device.type == "cuda":
+        # The summed-area tables are float64 there: a batch of 16 photos of 12 MP takes 6.9 GB.
+        available = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "cpu":
+        available = available_memory_bytes()
+    else:
+        return
     if available is None:
         return
     sizes = [image.shape[1] * image.shape[2] for image in pixels]
