@@ -271,8 +271,11 @@ def test_integer_pixels_get_an_int32_table_with_the_same_crops_and_resizes():
     assert S.integral_image(image + 256).dtype == torch.float64
 
 
+@pytest.mark.parametrize("band_values", [S.RESIZE_BAND_VALUES, 1, 81 * 3 * 5])
 @pytest.mark.parametrize("height, width", [(30, 41), (7, 9), (64, 80), (1, 1)])
-def test_resize_from_integral_equals_torch_area_interpolation(height, width):
+def test_resize_from_integral_equals_torch_area_interpolation(height, width, band_values, monkeypatch):
+    # Bands of one row, of five rows, and the whole level in one band all give the same pixels.
+    monkeypatch.setattr(S, "RESIZE_BAND_VALUES", band_values)
     image = torch.rand((3, 64, 80), generator=torch.Generator().manual_seed(8)) * 255
     resized = S.resize_from_integral(S.integral_image(image), height, width)
     expected = F.interpolate(image[None], size=(height, width), mode="area")[0]

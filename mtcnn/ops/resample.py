@@ -78,6 +78,10 @@ def _area_bins(start: torch.Tensor, length: torch.Tensor, size: int) -> tuple[to
     return first, end
 
 
+#: Values of the summed-area table that :func:`resize_from_integral` reads per band of output rows.
+RESIZE_BAND_VALUES = 4_000_000
+
+
 def resize_from_integral(integral: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Area-resample a whole image to ``[C, height, width]`` float32 from its summed-area table
     ``[H + 1, W + 1, C]``: the same bins, hence the same pixels, as
@@ -86,14 +90,22 @@ def resize_from_integral(integral: torch.Tensor, height: int, width: int) -> tor
     Its cost grows with the output rather than the input, so it is the cheaper way to make the
     smaller levels of an image pyramid once the table exists.
     """
-    rows, cols = integral.shape[0] - 1, integral.shape[1] - 1
+    rows, cols, channels = integral.shape[0] - 1, integral.shape[1] - 1, integral.shape[2]
     origin = torch.zeros(1, dtype=torch.long, device=integral.device)
     row_first, row_end = (bins[0] for bins in _area_bins(origin, origin + rows, height))
     col_first, col_end = (bins[0] for bins in _area_bins(origin, origin + cols, width))
-    band_sums = integral.index_select(0, row_end) - integral.index_select(0, row_first)  # [height, W + 1, C]
-    total = band_sums.index_select(1, col_end) - band_sums.index_select(1, col_first)  # [height, width, C]
-    count = ((row_end - row_first)[:, None] * (col_end - col_first)[None, :]).to(torch.float64)
-    return (total / count[..., None]).to(torch.float32).permute(2, 0, 1)
+    col_counts = (col_end - col_first).to(torch.float64)
+    resized = torch.empty((height, width, channels), dtype=torch.float32, device=integral.device)
+    # In bands of output rows: the row sums of a whole level of a 48-megapixel photo's table are
+    # three [height, W + 1, 3] float64 arrays of about 0.5 GB each.
+    band = max(1, RESIZE_BAND_VALUES // ((cols + 1) * channels))
+    for start in range(0, height, band):
+        first, end = row_first[start : start + band], row_end[start : start + band]
+        band_sums = integral.index_select(0, end) - integral.index_select(0, first)  # [band, W + 1, C]
+        total = band_sums.index_select(1, col_end) - band_sums.index_select(1, col_first)  # [band, width, C]
+        count = (end - first).to(torch.float64)[:, None] * col_counts[None, :]
+        resized[start : start + band] = total / count[..., None]
+    return resized.permute(2, 0, 1)
 
 
 def crop_and_resize(
