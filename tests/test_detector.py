@@ -203,12 +203,12 @@ def test_a_level_over_the_pnet_budget_gives_the_same_faces(detector, kit):
 def test_images_too_large_for_the_free_memory_are_refused_in_one_line(detector, kit, monkeypatch):
     import mtcnn.detect.cascade as cascade
 
-    # The sample (500 x 375) needs about 12 MB of working memory: it fits in 15 MiB alone, two do not.
+    # The sample (500 x 375) needs about 8 MiB of working memory: it fits in 15 MiB alone, two do not.
     monkeypatch.setattr(cascade, "available_memory_bytes", lambda: 15 * 2**20)
     assert len(detector.detect(kit / SAMPLE)) == 7
     assert len(detector.detect([kit / SAMPLE, kit / SAMPLE])[1]) == 7  # one image per batch on the CPU
     detector = MTCNN(nets=detector.nets, device="cpu", batch_size=2, mirror_onet=False, landmark_scales=())
-    pair = "2007_007763.jpg and 1 more: detecting in 0.4 megapixels at once needs about 23 MiB more memory"
+    pair = "2007_007763.jpg and 1 more: detecting in 0.4 megapixels at once needs about 16 MiB more memory"
     with pytest.raises(MemoryLimitError, match=pair + ", and 15 MiB is free; detect fewer images at a time"):
         detector.detect([kit / SAMPLE, kit / SAMPLE])
     monkeypatch.setattr(cascade, "available_memory_bytes", lambda: 5 * 2**20)

@@ -234,4 +234,4 @@ def test_a_batch_too_large_for_the_gpus_free_memory_is_refused_in_one_line(monke
     names = [f"photo{i}.jpg" for i in range(4)]
     with pytest.raises(MemoryLimitError, match=r"^photo0.jpg and 3 more: detecting in 48.0 megapixels at once"):
         cascade._check_memory_for(photos, names, torch.device("cuda"))
-    cascade._check_memory_for(photos[:1], names[:1], torch.device("cuda"))  # one fits: 0.7 GiB
+    cascade._check_memory_for(photos[:1], names[:1], torch.device("cuda"))  # one fits: 0.5 GiB

@@ -111,8 +111,8 @@ DEVICE_PNET_PIXEL_BUDGET = 8_000_000
 #: Memory the cascade takes per image pixel beyond the decoded and float pixels it holds when
 #: :meth:`MTCNN.detect_stages` checks: the summed-area table (8 bytes a value above 8.4 megapixels),
 #: pyramid levels, P-Net bands and the heap kept for reuse. Measured: an 8000 x 6000 photo peaked
-#: 3.8 GB above the imported libraries (80 bytes a pixel, 15 of them already held at the check).
-WORKING_BYTES_PER_PIXEL = 65
+#: 2.5 GB above the imported libraries (53 bytes a pixel, 15 of them already held at the check).
+WORKING_BYTES_PER_PIXEL = 45
 #: R-Net/O-Net input pixels per call on the CPU: 260 R-Net crops or 65 O-Net crops. On 2 cores
 #: (AMD EPYC, channels-last) a crop cost the same from 128 to 512 R-Net crops or 32 to 64 O-Net
 #: crops per call and 1.4 to 2.2 times as much at 2048 R-Net or 256 O-Net crops, whose activations
