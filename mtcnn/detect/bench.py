@@ -161,36 +161,33 @@ def _detect_once(detector: str, settings: dict, images: list[Path], threads: int
 
         MTCNN(**settings).detect(decoded)
     else:
-        from facenet_pytorch import MTCNN as FacenetMTCNN
         from PIL import Image
 
-        from mtcnn.model.device import resolve_device
-
-        model = FacenetMTCNN(
-            min_face_size=settings["min_face_size"],
-            thresholds=[0.6, 0.7, 0.7],
-            factor=0.709,
-            keep_all=True,
-            device=resolve_device(settings["device"]),
-        )
+        model = _facenet_detector(settings["min_face_size"], settings["device"])
         for image in decoded:
             model.detect(Image.fromarray(image))
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _facenet_detector(min_face: int, device: str):
+    """facenet-pytorch's MTCNN with our cascade's default settings (raises ImportError without it)."""
+    from facenet_pytorch import MTCNN as FacenetMTCNN
+
+    from mtcnn.model.device import resolve_device
+
+    return FacenetMTCNN(
+        min_face_size=min_face, thresholds=[0.6, 0.7, 0.7], factor=0.709, keep_all=True, device=resolve_device(device)
+    )
+
+
 def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, device: str) -> DetectRow | None:
     try:
-        from facenet_pytorch import MTCNN as FacenetMTCNN
+        model = _facenet_detector(min_face, device)
     except ImportError:
         log.info("facenet-pytorch is not installed: no comparison")
         return None
     from PIL import Image
 
-    from mtcnn.model.device import resolve_device
-
-    model = FacenetMTCNN(
-        min_face_size=min_face, thresholds=[0.6, 0.7, 0.7], factor=0.709, keep_all=True, device=resolve_device(device)
-    )
     pil_images = [Image.fromarray(image) for image in decoded]
 
     def run() -> int:
