@@ -45,12 +45,18 @@ from mtcnn.allocator import retain_freed_memory_once
 from mtcnn.detect.bench import machine_description, median_seconds
 from mtcnn.model.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from mtcnn.model.weights import load_net, resolve_weight_files
-from mtcnn.spec import STAGE_NAMES, STAGES
+from mtcnn.spec import INPUT_SIZES, STAGE_NAMES, STAGES
 
 log = logging.getLogger("experiments")
 
+
+def crop_batch(stage: str, crops: int) -> tuple[int, int, int, int]:
+    """The shape ``[crops, 3, S, S]`` of a batch of ``stage``'s square input crops."""
+    return (crops, 3, INPUT_SIZES[stage], INPUT_SIZES[stage])
+
+
 #: What the cascade gives each net on the CPU: one pyramid level, and R-Net's and O-Net's crop batches.
-CASCADE_SHAPES = {"pnet": (1, 3, 461, 615), "rnet": (256, 3, 24, 24), "onet": (64, 3, 48, 48)}
+CASCADE_SHAPES = {"pnet": (1, 3, 461, 615), "rnet": crop_batch("rnet", 256), "onet": crop_batch("onet", 64)}
 WARMUP_CALLS = 3
 #: The outputs the cascade reads from each exported net (P-Net's landmark head is never used).
 CASCADE_OUTPUTS = {"pnet": list(OUTPUT_NAMES[:2]), "rnet": list(OUTPUT_NAMES), "onet": list(OUTPUT_NAMES)}
@@ -253,8 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     shapes = {
         "pnet": (1, 3, *args.pnet_size),
-        "rnet": (args.rnet_crops, 3, 24, 24),
-        "onet": (args.onet_crops, 3, 48, 48),
+        "rnet": crop_batch("rnet", args.rnet_crops),
+        "onet": crop_batch("onet", args.onet_crops),
     }
     try:
         files = resolve_weight_files(args.weights)
