@@ -25,6 +25,7 @@ from mtcnn.model.nets import (
     build_net,
     max_pool_2x2,
     mirror_outputs,
+    prelu,
 )
 from mtcnn.model.weights import load_net, resolve_weight_files
 
@@ -132,10 +133,45 @@ def test_max_pool_2x2_without_autograd_is_the_pooling_layer(height, width, chann
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         assert torch.equal(max_pool_2x2(x), pool(x))
+        if min(height, width) > 2:  # a map of one pixel a row or column is in both memory formats
+            assert max_pool_2x2(x).is_contiguous(memory_format=torch.channels_last) == channels_last
     with torch.no_grad():
         assert torch.equal(max_pool_2x2(x), pool(x))
     x.requires_grad_(True)
     assert max_pool_2x2(x).grad_fn is not None  # with autograd: the layer itself
+
+
+@pytest.mark.parametrize("channels", [10, 28, 16, 32])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_prelu_without_autograd_gives_the_layers_values(channels, channels_last):
+    generator = torch.Generator().manual_seed(channels)
+    x = torch.randn((3, channels, 7, 9), generator=generator)
+    x[0, :, 0, 0] = 0.0  # the kink: the slope side or the identity side must be the layer's
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    layer = torch.nn.PReLU(channels)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(channels, generator=generator))  # negative slopes too
+        expected = layer(x)
+    with torch.inference_mode():
+        result = prelu(x, layer.weight)
+    assert torch.equal(result, expected)
+    assert result.is_contiguous(memory_format=torch.channels_last) == channels_last
+    x.requires_grad_(True)
+    assert prelu(x, layer.weight).grad_fn is not None  # with autograd: F.prelu itself
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_pnet_forward_detect_gives_the_face_and_box_heads_of_forward(channels_last):
+    pnet = load_net(resolve_weight_files(None)["pnet"], "pnet").eval()
+    pixels = torch.rand((2, 3, 41, 57), generator=torch.Generator().manual_seed(5)) * 255
+    if channels_last:
+        pnet, pixels = pnet.to(memory_format=torch.channels_last), pixels.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        full = pnet(pixels)
+        logits, box = pnet.forward_detect(pixels)
+    torch.testing.assert_close(logits, full.logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(box, full.box, rtol=0, atol=1e-6)
 
 
 def test_pnet_takes_no_dropout():

@@ -67,16 +67,48 @@ def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
     """The 2 x 2, stride 2, ceil-mode max pooling of ``x [N, C, H, W]``. Without autograd it is
-    the elementwise maximum of the four strided quarter views: the same values in about two thirds
-    of the CPU time of the pooling kernel on channels-last maps (that kernel also writes the argmax
-    indices, which only a backward pass needs)."""
+    the elementwise maximum of strided views, rows then columns: the same values in about half the
+    CPU time of the pooling kernel on channels-last maps (that kernel also writes the argmax
+    indices, which only a backward pass needs). In ceil mode an odd last row or column is a window
+    of its own and is copied as it is; padding with -inf instead would copy the whole map."""
     if torch.is_grad_enabled():
         return nn.functional.max_pool2d(x, 2, 2, ceil_mode=True)
-    height, width = x.shape[-2], x.shape[-1]
-    if height % 2 or width % 2:  # ceil mode: a last row or column of its own
-        x = nn.functional.pad(x, (0, width % 2, 0, height % 2), value=float("-inf"))
-    rows = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
-    return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+    batch, channels, height, width = x.shape
+    rows = _empty_in_format_of(x, [batch, channels, (height + 1) // 2, width])
+    torch.maximum(x[:, :, 0 : height - 1 : 2], x[:, :, 1:height:2], out=rows[:, :, : height // 2])
+    if height % 2:
+        rows[:, :, height // 2 :] = x[:, :, height - 1 :]
+    out = _empty_in_format_of(x, [batch, channels, (height + 1) // 2, (width + 1) // 2])
+    torch.maximum(rows[..., 0 : width - 1 : 2], rows[..., 1:width:2], out=out[..., : width // 2])
+    if width % 2:
+        out[..., width // 2 :] = rows[..., width - 1 :]
+    return out
+
+
+def _empty_in_format_of(x: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=memory_format)
+
+
+def prelu(x: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    """``F.prelu(x, slopes)``; without autograd, on channels-last maps ``[N, C, H, W]`` whose
+    channel count is not a multiple of 16, the same values about three times as fast: PyTorch's
+    kernel runs its vector loop over the innermost dimension, here the C channels of one pixel (10
+    in P-Net's first layer), so the map is taken as rows of ``W * C`` values instead, with the
+    slopes repeated along them."""
+    if (
+        torch.is_grad_enabled()
+        or x.dim() != 4
+        or x.shape[1] % 16 == 0
+        or slopes.numel() != x.shape[1]
+        or not x.is_contiguous(memory_format=torch.channels_last)
+    ):
+        return nn.functional.prelu(x, slopes)
+    batch, channels, height, width = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(batch * height, width * channels)
+    slopes_along_rows = slopes.repeat(width)
+    return nn.functional.prelu(rows, slopes_along_rows).reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 class PNet(nn.Module):
@@ -102,19 +134,24 @@ class PNet(nn.Module):
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
         """``[N, 3, H, W]`` pixels -> ``[N, 32, h, w]`` features shared by the three heads."""
-        x = self.prelu1(self.conv1(normalize_pixels(pixels)))
+        x = prelu(self.conv1(normalize_pixels(pixels)), self.prelu1.weight)
         x = max_pool_2x2(x)
-        x = self.prelu2(self.conv2(x))
-        return self.prelu3(self.conv3(x))
+        x = prelu(self.conv2(x), self.prelu2.weight)
+        return prelu(self.conv3(x), self.prelu3.weight)
 
     def forward(self, pixels: torch.Tensor) -> NetOutput:
         x = self.features(pixels)
         return NetOutput(self.conv4_1(x), self.conv4_2(x), self.conv4_3(x))
 
     def forward_detect(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Face logits and box offsets only: what the cascade needs, without the landmark head."""
+        """Face logits ``[N, 2, h, w]`` and box offsets ``[N, 4, h, w]`` only: what the cascade needs,
+        without the landmark head. The two heads run as one 1 x 1 convolution of six channels,
+        which reads the features once: the same values in half the time of two."""
         x = self.features(pixels)
-        return self.conv4_1(x), self.conv4_2(x)
+        weight = torch.cat([self.conv4_1.weight, self.conv4_2.weight])
+        bias = torch.cat([self.conv4_1.bias, self.conv4_2.bias])
+        both = nn.functional.conv2d(x, weight, bias)
+        return both[:, :2], both[:, 2:]
 
 
 class RNet(nn.Module):
@@ -143,11 +180,11 @@ class RNet(nn.Module):
         self.dense5_3 = nn.Linear(128, 10)
 
     def forward(self, pixels: torch.Tensor) -> NetOutput:
-        x = self.prelu1(self.conv1(normalize_pixels(pixels)))
+        x = prelu(self.conv1(normalize_pixels(pixels)), self.prelu1.weight)
         x = self.pool1(x)
-        x = self.prelu2(self.conv2(x))
+        x = prelu(self.conv2(x), self.prelu2.weight)
         x = self.pool2(x)
-        x = self.prelu3(self.conv3(x))
+        x = prelu(self.conv3(x), self.prelu3.weight)
         features = self.prelu4(self.dense4(x.flatten(1)))
         dropped = self.dropout(features)
         kept = dropped if self.dropout_heads == "all" else features
@@ -182,11 +219,11 @@ class ONet(nn.Module):
         self.dense6_3 = nn.Linear(256, 10)
 
     def forward(self, pixels: torch.Tensor) -> NetOutput:
-        x = self.prelu1(self.conv1(normalize_pixels(pixels)))
+        x = prelu(self.conv1(normalize_pixels(pixels)), self.prelu1.weight)
         x = self.pool1(x)
-        x = self.prelu2(self.conv2(x))
+        x = prelu(self.conv2(x), self.prelu2.weight)
         x = self.pool2(x)
-        x = self.prelu3(self.conv3(x))
+        x = prelu(self.conv3(x), self.prelu3.weight)
         x = max_pool_2x2(x)
         x = self.prelu4(self.conv4(x))
         features = self.prelu5(self.dense5(x.flatten(1)))
