@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import cv2
@@ -201,6 +202,24 @@ def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_
         assert 2**27 < rows[0].peak_memory_bytes < 2**33
     else:
         assert rows[0].peak_memory_bytes is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
+    # getrusage's maxrss survives fork and exec: the bench's fresh processes reported this
+    # process's size instead of their own whenever it was the larger.
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mtcnn.detect.bench import own_peak_resident_bytes
+
+    ballast = bytearray(3 * 2**30)
+    ballast[:: 2**12] = b"\x01" * len(ballast[:: 2**12])  # every page touched: resident here
+    assert own_peak_resident_bytes() > 3 * 2**30
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        child_peak = pool.submit(own_peak_resident_bytes).result()
+    del ballast
+    assert 2**20 < child_peak < 2 * 2**30
 
 
 def test_json_output_is_compact_a_line_per_face(photos, reference_weights, capsys):

@@ -98,8 +98,8 @@ class _Candidates:
         return results
 
 
-#: Images per batch on the CPU: one. Batches of 8 ran 8% faster on 24 WIDER images (5.85 against
-#: 5.39 images/s) but peaked at 1.48 GiB against 1.11 GiB, above facenet-pytorch's 1.24 GiB.
+#: Images per batch on the CPU: one. On 24 WIDER images batches of 8 ran no faster (5.86 and 6.17
+#: against 6.43 and 6.49 images/s) and peaked at 1.31-1.33 GiB against 1.01-1.04 GiB.
 CPU_BATCH_SIZE = 1
 #: Images per batch on a GPU, whose speed comes from large batches.
 DEVICE_BATCH_SIZE = 16
