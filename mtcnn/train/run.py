@@ -287,8 +287,16 @@ def run_training(
         trainer.load_state_dict(checkpoint, resume)
         if distributed.is_main:
             log.info("resuming %s from %s after epoch %d", config.stage, resume, trainer.epoch)
+    finished = False
     try:
-        return trainer.fit()
+        result = trainer.fit()
+        finished = True
+        return result
     finally:
         if distributed.active:
+            if finished:
+                # No rank tears the group down while another may still use it: once, in the
+                # torchrun test, rank 1 aborted at exit after its last epoch ("terminate called
+                # without an active exception") while rank 0 was still finishing.
+                dist.barrier()
             dist.destroy_process_group()
