@@ -204,6 +204,23 @@ def test_bench_detect_times_the_cascade_it_names(kit, reference_weights, mirror_
         assert rows[0].peak_memory_bytes is None
 
 
+def test_bench_rounds_take_turns_and_the_table_gives_the_ratio_to_facenet_pytorch():
+    from mtcnn.detect.bench import DetectRow, alternating_medians, format_detect_table
+
+    calls = []
+    seconds = alternating_medians([lambda: calls.append("ours"), lambda: calls.append("theirs")], repeats=3)
+    assert calls == ["ours", "theirs"] * 3  # every round times each once, in turn
+    assert len(seconds) == 2 and all(value >= 0 for value in seconds)
+    rows = [
+        DetectRow("mtcnn", 20, 1, 9.0, 10),
+        DetectRow("facenet-pytorch", 20, 1, 4.5, 9),
+        DetectRow("mtcnn", 40, 1, 20.0, 8),  # no facenet-pytorch row at 40: no ratio
+    ]
+    lines = format_detect_table(rows, "a machine", 24, 3).splitlines()
+    assert lines[2].split(" | ")[4] == "2.00"
+    assert lines[3].split(" | ")[4] == "-" and lines[4].split(" | ")[4] == "-"
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_a_child_process_reports_its_own_peak_memory_not_its_parents():
     # getrusage's maxrss survives fork and exec: the bench's fresh processes reported this

@@ -6,6 +6,7 @@ and comes with a description of the machine.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -15,13 +16,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mtcnn.detect.cascade import LANDMARK_SCALES
+from mtcnn.detect.cascade import LANDMARK_SCALES, MTCNN
 from mtcnn.detect.inputs import read_image
 from mtcnn.spec import IMAGE_EXTENSIONS
 
@@ -48,16 +49,19 @@ def median_seconds(run: Callable[[], object], repeats: int, warmup: int = 1) -> 
     """Median wall time of ``run()`` over ``repeats`` timed calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
         run()
-    times = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = [wall_seconds(run) for _ in range(repeats)]
     return statistics.median(times), times
+
+
+def wall_seconds(run: Callable[[], object]) -> float:
+    """Wall time of one ``run()``, CUDA work included."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def benchmark_images(folder: Path, count: int) -> list[Path]:
@@ -99,27 +103,18 @@ def bench_detect(
 
     When facenet-pytorch is importable (and ``compare_facenet``), its MTCNN is timed on the same
     images with the same settings, one image at a time as it requires for images of different sizes.
-    Timings alternate in this process; with ``measure_memory`` each row's peak memory comes from a
-    fresh process of its own (a process's peak never goes down), which decodes the images and
-    detects on them once.
+    The detectors of one min face size take turns within every round (see
+    :func:`alternating_medians`), so that a machine whose speed drifts slows them alike; with
+    ``measure_memory`` each row's peak memory comes from a fresh process of its own (a process's
+    peak never goes down), which decodes the images and detects on them once.
     """
-    from mtcnn.detect.cascade import MTCNN
-
     decoded = [read_image(path) for path in images]
     name = "mtcnn" if mirror_onet else "mtcnn, O-Net once"
     rows = []
     for min_face in min_face_sizes:
+        # (row name, batch size, a run that returns the faces found, what its memory process builds)
+        contenders: list[tuple[str, int, Callable[[], int], dict]] = []
         for batch in batch_sizes:
-            detector = MTCNN(
-                weights,
-                min_face_size=min_face,
-                device=device,
-                batch_size=batch,
-                mirror_onet=mirror_onet,
-                landmark_scales=landmark_scales,
-            )
-            faces = sum(len(f) for f in detector.detect(decoded))
-            seconds, _ = median_seconds(lambda detector=detector: detector.detect(decoded), repeats)
             settings = {
                 "weights": weights,
                 "min_face_size": min_face,
@@ -128,17 +123,36 @@ def bench_detect(
                 "mirror_onet": mirror_onet,
                 "landmark_scales": tuple(landmark_scales),
             }
-            peak = _peak_memory("mtcnn", settings, images) if measure_memory else None
-            rows.append(DetectRow(name, min_face, batch, len(decoded) / seconds, faces, peak))
-            log.info("%s  min face %3d  batch %2d  %7.2f images/s", name, min_face, batch, rows[-1].images_per_second)
+            detector = MTCNN(**settings)
+            run = functools.partial(_faces_found, detector, decoded)
+            contenders.append((name, batch, run, {"detector": "mtcnn", "settings": settings}))
         if compare_facenet:
-            row = _bench_facenet(decoded, min_face, repeats, device)
-            if row is not None:
-                if measure_memory:
-                    settings = {"min_face_size": min_face, "device": device}
-                    row = replace(row, peak_memory_bytes=_peak_memory("facenet-pytorch", settings, images))
-                rows.append(row)
+            run = _facenet_run(decoded, min_face, device)
+            if run is not None:
+                memory = {"detector": "facenet-pytorch", "settings": {"min_face_size": min_face, "device": device}}
+                contenders.append(("facenet-pytorch", 1, run, memory))
+        faces = [run() for _, _, run, _ in contenders]  # untimed: warms each detector up
+        seconds = alternating_medians([run for _, _, run, _ in contenders], repeats)
+        for (row_name, batch, _, memory), found, median in zip(contenders, faces, seconds):
+            peak = _peak_memory(memory["detector"], memory["settings"], images) if measure_memory else None
+            rows.append(DetectRow(row_name, min_face, batch, len(decoded) / median, found, peak))
+            speed = rows[-1].images_per_second
+            log.info("%s  min face %3d  batch %2d  %7.2f images/s", row_name, min_face, batch, speed)
     return rows
+
+
+def _faces_found(detector: MTCNN, images: list[np.ndarray]) -> int:
+    return sum(len(faces) for faces in detector.detect(images))
+
+
+def alternating_medians(runs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median wall time of each of ``runs`` over ``repeats`` rounds in which every run is timed
+    once, in turn: ``[len(runs)]`` seconds."""
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for run, timed in zip(runs, times):
+            timed.append(wall_seconds(run))
+    return [statistics.median(timed) for timed in times]
 
 
 def _peak_memory(detector: str, settings: dict, images: Sequence[Path]) -> int | None:
@@ -156,8 +170,6 @@ def _detect_once(detector: str, settings: dict, images: list[Path], threads: int
     torch.set_num_threads(threads)
     decoded = [read_image(path) for path in images]
     if detector == "mtcnn":
-        from mtcnn.detect.cascade import MTCNN
-
         MTCNN(**settings).detect(decoded)
     else:
         from PIL import Image
@@ -190,7 +202,9 @@ def _facenet_detector(min_face: int, device: str):
     )
 
 
-def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, device: str) -> DetectRow | None:
+def _facenet_run(decoded: list[np.ndarray], min_face: int, device: str) -> Callable[[], int] | None:
+    """A run of facenet-pytorch's MTCNN over ``decoded``, one image at a time, returning the
+    faces found; None when facenet-pytorch is not installed."""
     try:
         model = _facenet_detector(min_face, device)
     except ImportError:
@@ -203,25 +217,28 @@ def _bench_facenet(decoded: list[np.ndarray], min_face: int, repeats: int, devic
     def run() -> int:
         return sum(0 if boxes is None else len(boxes) for boxes, _ in (model.detect(im) for im in pil_images))
 
-    faces = run()
-    seconds, _ = median_seconds(run, repeats, warmup=0)
-    row = DetectRow("facenet-pytorch", min_face, 1, len(decoded) / seconds, faces)
-    log.info("facenet-pytorch min face %3d  batch  1  %7.2f images/s", min_face, row.images_per_second)
-    return row
+    return run
 
 
 def format_detect_table(rows: Sequence[DetectRow], machine: str, image_count: int, repeats: int) -> str:
     """A Markdown table of the rows, with the machine and method underneath."""
-    lines = ["| detector | min face | batch | images/s | faces found | peak memory |", "|---|---|---|---|---|---|"]
+    facenet = {row.min_face_size: row.images_per_second for row in rows if row.detector == "facenet-pytorch"}
+    lines = [
+        "| detector | min face | batch | images/s | x facenet-pytorch | faces found | peak memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in rows:
         memory = "-" if row.peak_memory_bytes is None else f"{row.peak_memory_bytes / 2**30:.2f} GiB"
+        reference = facenet.get(row.min_face_size)
+        ratio = f"{row.images_per_second / reference:.2f}" if reference and row.detector != "facenet-pytorch" else "-"
         lines.append(
-            f"| {row.detector} | {row.min_face_size} | {row.batch_size} | {row.images_per_second:.2f} | {row.faces}"
-            f" | {memory} |"
+            f"| {row.detector} | {row.min_face_size} | {row.batch_size} | {row.images_per_second:.2f} | {ratio}"
+            f" | {row.faces} | {memory} |"
         )
     lines.append("")
     lines.append(
-        f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} runs; peak memory: a fresh"
-        f" process per row, decoding the images and detecting once; {machine}"
+        f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} rounds, the detectors of"
+        f" a min face size timed in turn in each; peak memory: a fresh process per row, decoding the images"
+        f" and detecting once; {machine}"
     )
     return "\n".join(lines)
