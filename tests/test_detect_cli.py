@@ -216,9 +216,10 @@ def test_bench_rounds_take_turns_and_the_table_gives_the_ratio_to_facenet_pytorc
         DetectRow("facenet-pytorch", 20, 1, 4.5, 9),
         DetectRow("mtcnn", 40, 1, 20.0, 8),  # no facenet-pytorch row at 40: no ratio
     ]
-    lines = format_detect_table(rows, "a machine", 24, 3).splitlines()
+    lines = format_detect_table(rows, "a machine", 24, 3, "data/widerface/WIDER_val/images").splitlines()
     assert lines[2].split(" | ")[4] == "2.00"
     assert lines[3].split(" | ")[4] == "-" and lines[4].split(" | ")[4] == "-"
+    assert lines[-1].startswith("24 images from data/widerface/WIDER_val/images, decoded beforehand")
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")

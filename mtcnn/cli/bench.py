@@ -67,7 +67,7 @@ def _run_bench_detect(args: argparse.Namespace) -> int:
         landmark_scales=landmark_scales_from_args(args),
         measure_memory=not args.no_memory,
     )
-    print(format_detect_table(rows, machine_description(device), len(images), args.repeats))
+    print(format_detect_table(rows, machine_description(device), len(images), args.repeats, args.images))
     return 0
 
 

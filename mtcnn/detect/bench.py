@@ -220,8 +220,10 @@ def _facenet_run(decoded: list[np.ndarray], min_face: int, device: str) -> Calla
     return run
 
 
-def format_detect_table(rows: Sequence[DetectRow], machine: str, image_count: int, repeats: int) -> str:
-    """A Markdown table of the rows, with the machine and method underneath."""
+def format_detect_table(
+    rows: Sequence[DetectRow], machine: str, image_count: int, repeats: int, image_folder: str | Path
+) -> str:
+    """A Markdown table of the rows, with the images, the machine and the method underneath."""
     facenet = {row.min_face_size: row.images_per_second for row in rows if row.detector == "facenet-pytorch"}
     lines = [
         "| detector | min face | batch | images/s | x facenet-pytorch | faces found | peak memory |",
@@ -237,7 +239,7 @@ def format_detect_table(rows: Sequence[DetectRow], machine: str, image_count: in
         )
     lines.append("")
     lines.append(
-        f"{image_count} WIDER_val images, decoded beforehand; median of {repeats} rounds, the detectors of"
+        f"{image_count} images from {image_folder}, decoded beforehand; median of {repeats} rounds, the detectors of"
         f" a min face size timed in turn in each; peak memory: a fresh process per row, decoding the images"
         f" and detecting once; {machine}"
     )
