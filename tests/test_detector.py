@@ -278,8 +278,23 @@ def test_bad_settings_are_rejected(detector, option, value, message):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_gives_the_cpu_result(detector, kit):
-    on_gpu = MTCNN(nets=copy.deepcopy(detector.nets), device="cuda")  # .to() would move the shared nets
-    # Half a pixel holds because the cascade turns TF32 off (full_float32): with PyTorch's default
-    # TF32 convolutions the boxes moved 0.63 px on this image (emulated); left is the order of sums.
-    assert_same_faces(on_gpu.detect(kit / SAMPLE), detector.detect(kit / SAMPLE), atol=0.5)
+@pytest.mark.parametrize("settings", ["original cascade", "defaults"])
+def test_cuda_finds_the_faces_the_cpu_finds(detector, kit, settings):
+    if settings == "defaults":  # shipped weights, mirrored O-Net, landmark windows
+        on_cpu, on_gpu = MTCNN(device="cpu"), MTCNN(device="cuda")
+    else:  # .to() would move the fixture's shared nets: a copy goes to the GPU
+        on_cpu = detector
+        on_gpu = MTCNN(nets=copy.deepcopy(detector.nets), device="cuda", mirror_onet=False, landmark_scales=())
+    expected, found = on_cpu.detect(kit / SAMPLE), on_gpu.detect(kit / SAMPLE)
+    # The nets' outputs agree to 1e-5 on both devices (TF32 is off: full_float32), but sums in
+    # another order can tip a near tie between two P-Net windows, and the other window then gives
+    # R-Net and O-Net another crop: on an H200 one face of the seven moved by 0.56 px and its
+    # score by 0.006 (0.9895 against 0.9954). So: the same faces, matched by overlap, not the same bits.
+    count = len(expected)
+    assert count >= 7 and len(found) == count
+    overlap = box_iou(torch.from_numpy(found.boxes), torch.from_numpy(expected.boxes)).numpy()
+    match = overlap.argmax(axis=1)
+    assert sorted(match) == list(range(count)), "each GPU face overlaps a different CPU face most"
+    assert overlap[range(count), match].min() > 0.9
+    np.testing.assert_allclose(found.scores, expected.scores[match], atol=0.02)
+    np.testing.assert_allclose(found.landmarks, expected.landmarks[match], atol=2.0)
