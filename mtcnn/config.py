@@ -611,7 +611,9 @@ class TrainConfig:
     dropout_heads: str = setting(
         "all", choices=("all", "classification"), doc="heads fed the dropped features: all, or classification only"
     )
-    amp: bool = setting(True, doc="mixed precision on CUDA (ignored on the CPU)")
+    # Off: these nets are too small for autocast's casts to pay; on an H200, bfloat16 steps of
+    # batch 384 ran 6-37% slower than float32 (docs/benchmarks.md, GPU).
+    amp: bool = setting(False, doc="mixed precision on CUDA (ignored on the CPU)")
     amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
     store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")
     best_metric: str = setting("val_loss", choices=TRAIN_METRICS, doc="metric choosing the best checkpoint")
