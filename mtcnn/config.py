@@ -612,7 +612,7 @@ class TrainConfig:
         "all", choices=("all", "classification"), doc="heads fed the dropped features: all, or classification only"
     )
     # Off: these nets are too small for autocast's casts to pay; on an H200, bfloat16 steps of
-    # batch 384 ran 6-37% slower than float32 (docs/benchmarks.md, GPU).
+    # batch 384 ran 6-38% slower than float32 (docs/benchmarks.md, GPU).
     amp: bool = setting(False, doc="mixed precision on CUDA (ignored on the CPU)")
     amp_dtype: str = setting("bfloat16", choices=("bfloat16", "float16"), doc="autocast type on CUDA")
     store_on_device: bool = setting(True, doc="copy the stores onto the GPU (else gather batches in RAM)")
